@@ -1,0 +1,60 @@
+# Nuri — everything a fresh machine needs is done by these targets.
+#   make run    install, then start Nuri with the demo consortium at http://127.0.0.1:8000
+#   make test   install, start PostgreSQL if needed, run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nuri-installed
+PORT ?= 8000
+export RAY_AUTH_MODE ?= disabled
+export DS_ACCELERATOR ?= cpu
+export NURI_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: install run test test-fast lint fmt bench postgres clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[workers,dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.15'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/nuri up --demo --port $(PORT)
+
+# PostgreSQL for the integration tests; started when it is not already running.
+postgres:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+	  echo "starting PostgreSQL"; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start; \
+	  for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+	@pg_isready -h 127.0.0.1 -p 5432
+
+test: install postgres
+	$(BIN)/ruff check .
+	$(BIN)/mypy controlplane quotas policies
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -x -m "not slow" tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy controlplane quotas policies
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install postgres
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .nuri .pytest_cache .mypy_cache .ruff_cache
