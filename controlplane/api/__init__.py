@@ -1,0 +1,1 @@
+"""REST API v1 and its composition root (``create_app``)."""

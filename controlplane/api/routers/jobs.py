@@ -1,0 +1,83 @@
+"""/v1/jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from controlplane.api import schemas
+from controlplane.api.deps import CallerDep, PageDep, SessionDep, SettingsDep
+from controlplane.db.types import utcnow
+from controlplane.services import jobs
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    operation_id="submitJob",
+    responses={
+        200: {
+            "description": "Replay of an earlier submission with the same Idempotency-Key and body"
+        }
+    },
+)
+def submit_job(
+    body: schemas.JobCreate,
+    response: Response,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> schemas.JobPublic:
+    job, created = jobs.submit(
+        session, caller, body, idempotency_key, utcnow(), settings.default_job_retries
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return schemas.JobPublic.model_validate(job)
+
+
+@router.get("/jobs", operation_id="listJobs")
+def list_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    page: PageDep,
+    status_: Annotated[list[str] | None, Query(alias="status")] = None,
+    kind: str | None = None,
+    submitter: Annotated[str | None, Query(description="a user id, or 'me'")] = None,
+    pool: str | None = None,
+    member: str | None = None,
+) -> schemas.Page[schemas.JobPublic]:
+    rows, nxt = jobs.list_jobs(
+        session, caller, page.limit, page.cursor, status_, kind, submitter, pool, member
+    )
+    return schemas.Page(items=[schemas.JobPublic.model_validate(r) for r in rows], next_cursor=nxt)
+
+
+@router.get("/jobs/{job_id}", operation_id="getJob")
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> schemas.JobPublic:
+    return schemas.JobPublic.model_validate(jobs.get_job(session, caller, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", operation_id="cancelJob")
+def cancel_job(
+    job_id: str, session: SessionDep, caller: CallerDep, body: schemas.JobCancel | None = None
+) -> schemas.JobPublic:
+    reason = body.reason if body else ""
+    return schemas.JobPublic.model_validate(jobs.cancel(session, caller, job_id, reason, utcnow()))
+
+
+@router.get("/jobs/{job_id}/events", operation_id="listJobEvents")
+def job_events(
+    job_id: str, session: SessionDep, caller: CallerDep
+) -> schemas.Page[schemas.JobEventPublic]:
+    return schemas.Page(
+        items=[
+            schemas.JobEventPublic.model_validate(e) for e in jobs.events(session, caller, job_id)
+        ]
+    )

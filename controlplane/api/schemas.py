@@ -1,0 +1,369 @@
+"""Request and response bodies of REST API v1.
+
+Create/Update models forbid unknown fields, so a client cannot smuggle in ``id``,
+``member_id``, ``status`` or any other server-owned column: it gets a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from controlplane.db.models import Classification, JobKind, NodeStatus, Role
+
+Slug = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)
+]
+Region = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{2,40}$")]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+T = TypeVar("T")
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(Output, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class ErrorBody(Output):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- members, users, tokens ----------------------------------------------------------------
+
+
+class MemberCreate(Input):
+    name: Slug
+    display_name: ShortText
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z_]{2,40}$")] = "other"
+    country: Country = "KR"
+
+
+class MemberUpdate(Input):
+    display_name: ShortText | None = None
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z_]{2,40}$")] | None = None
+    active: bool | None = None
+
+
+class MemberPublic(Output):
+    id: str
+    name: str
+    display_name: str
+    kind: str
+    country: str
+    active: bool
+    created_at: datetime
+
+
+class UserCreate(Input):
+    email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+    name: ShortText
+    role: Role = Role.MEMBER_USER
+    # Platform admins say which member; member admins may only create in their own member.
+    member: str | None = None
+
+
+class UserUpdate(Input):
+    name: ShortText | None = None
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+class UserPublic(Output):
+    id: str
+    member_id: str | None
+    email: str
+    name: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+
+
+class TokenCreate(Input):
+    name: ShortText
+    # Defaults to the caller; a member admin may issue tokens for users of its member.
+    user_id: str | None = None
+    scopes: list[str] | None = None
+    expires_in_days: int | None = Field(default=90, ge=1, le=730)
+
+
+class TokenPublic(Output):
+    id: str
+    user_id: str
+    member_id: str | None
+    name: str
+    display_prefix: str
+    scopes: list[str]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    created_at: datetime
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The secret. Shown once; only its hash is stored.")
+
+
+# --- inventory -----------------------------------------------------------------------------
+
+
+class PoolCreate(Input):
+    name: Slug
+    gpu_model: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    gpu_memory_gib: int = Field(ge=1, le=4096)
+    gpus_per_node: int = Field(ge=1, le=64)
+    site: ShortText
+    region: Region
+    jurisdiction: Country
+    max_classification: Classification = Classification.OPEN
+    interconnect_domains: list[Slug] = Field(default_factory=list, max_length=1000)
+    certification: str | None = Field(default=None, max_length=100)
+    node_count: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="Register this many nodes now, spread evenly over the domains.",
+    )
+
+
+class PoolUpdate(Input):
+    site: ShortText | None = None
+    region: Region | None = None
+    jurisdiction: Country | None = None
+    max_classification: Classification | None = None
+    certification: str | None = Field(default=None, max_length=100)
+
+
+class PoolPublic(Output):
+    id: str
+    name: str
+    gpu_model: str
+    gpu_memory_gib: int
+    gpus_per_node: int
+    site: str
+    region: str
+    jurisdiction: str
+    max_classification: str
+    interconnect_domains: list[str]
+    certification: str | None
+    created_at: datetime
+    node_count: int = 0
+    total_gpus: int = 0
+
+
+class NodeCreate(Input):
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,99}$")]
+    pool: str
+    domain: Slug | None = None
+    gpus: int | None = Field(default=None, ge=1, le=64)
+
+
+class NodeUpdate(Input):
+    status: NodeStatus | None = None
+    domain: Slug | None = None
+
+
+class NodePublic(Output):
+    id: str
+    name: str
+    pool_id: str
+    domain: str
+    gpus: int
+    status: str
+    ray_node_id: str | None
+    created_at: datetime
+
+
+class PriorityClassPublic(Output):
+    name: str
+    value: int
+    preemptible: bool
+    description: str
+
+
+class QuotaCreate(Input):
+    member: str
+    pool: str
+    nominal_gpus: int = Field(ge=0, le=1_000_000)
+    borrowing_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+    lending_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class QuotaUpdate(Input):
+    nominal_gpus: int | None = Field(default=None, ge=0, le=1_000_000)
+    borrowing_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+    lending_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class QuotaPublic(Output):
+    id: str
+    member_id: str
+    pool_id: str
+    nominal_gpus: int
+    borrowing_limit: int | None
+    lending_limit: int | None
+    updated_at: datetime
+
+
+class BudgetCreate(Input):
+    member: str
+    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-(Q[1-4]|\d{2}|H[12])$")]
+    gpu_hours: float = Field(ge=0, le=1e9)
+
+
+class BudgetUpdate(Input):
+    gpu_hours: float = Field(ge=0, le=1e9)
+
+
+class BudgetPublic(Output):
+    id: str
+    member_id: str
+    period: str
+    starts_at: datetime
+    ends_at: datetime
+    gpu_hours: float
+    used_gpu_hours: float = 0.0
+    updated_at: datetime
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+class Labels(Input):
+    """Residency labels. ``allowed_regions`` empty means 'no region may process it'."""
+
+    jurisdiction: Country
+    allowed_regions: list[Region] = Field(min_length=1, max_length=100)
+    classification: Classification = Classification.OPEN
+    personal_info: bool = False
+    transfer_basis: str | None = Field(default=None, max_length=200)
+
+
+class DatasetCreate(Input):
+    name: Slug
+    kind: Annotated[str, StringConstraints(pattern=r"^(data|model)$")] = "data"
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    description: str = Field(default="", max_length=2000)
+    labels: Labels
+
+
+class DatasetUpdate(Input):
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+    description: str | None = Field(default=None, max_length=2000)
+    labels: Labels | None = None
+
+
+class DatasetPublic(Output):
+    id: str
+    member_id: str
+    name: str
+    kind: str
+    uri: str
+    description: str
+    labels: dict[str, Any]
+    provenance: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+MAX_RUNTIME_S = 30 * 24 * 3600
+
+
+class JobCreate(Input):
+    kind: JobKind
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: ShortText | None = None
+    inputs: list[str] = Field(default_factory=list, max_length=100)
+    gpus: int = Field(ge=1, le=100_000)
+    nodes: int | None = Field(default=None, ge=1, le=10_000)
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64)
+    allowed_pools: list[str] = Field(default_factory=list, max_length=100)
+    preferred_pools: list[str] = Field(default_factory=list, max_length=100)
+    same_domain: bool = True
+    priority_class: str = "research"
+    max_runtime_s: int = Field(default=24 * 3600, ge=60, le=MAX_RUNTIME_S)
+    preemptible: bool | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shape(self) -> JobCreate:
+        if self.nodes is not None and self.gpus_per_node is not None:
+            if self.nodes * self.gpus_per_node != self.gpus:
+                raise ValueError(
+                    f"gpus ({self.gpus}) must equal nodes ({self.nodes}) x gpus_per_node "
+                    f"({self.gpus_per_node})"
+                )
+        elif self.nodes is not None and self.gpus % self.nodes != 0:
+            raise ValueError(f"gpus ({self.gpus}) must divide evenly over nodes ({self.nodes})")
+        elif self.gpus_per_node is not None and self.gpus % self.gpus_per_node != 0:
+            raise ValueError(
+                f"gpus ({self.gpus}) must be a multiple of gpus_per_node ({self.gpus_per_node})"
+            )
+        if not set(self.preferred_pools) <= set(self.allowed_pools) and self.allowed_pools:
+            raise ValueError("preferred_pools must be a subset of allowed_pools")
+        return self
+
+
+class JobPublic(Output):
+    id: str
+    member_id: str
+    submitter_id: str
+    name: str
+    kind: str
+    model: str
+    inputs: list[str]
+    gpus: int
+    nodes: int
+    gpus_per_node: int
+    allowed_pools: list[str]
+    preferred_pools: list[str]
+    same_domain: bool
+    priority_class: str
+    max_runtime_s: int
+    preemptible: bool
+    config: dict[str, Any]
+    idempotency_key: str | None
+    status: str
+    attempt: int
+    max_retries: int
+    reasons: list[dict[str, Any]]
+    pool: str | None
+    checkpoint_uri: str | None
+    created_at: datetime
+    updated_at: datetime
+    admitted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobCancel(Input):
+    reason: str = Field(default="", max_length=500)
+
+
+class JobEventPublic(Output):
+    id: int
+    job_id: str
+    at: datetime
+    type: str
+    from_status: str | None
+    to_status: str | None
+    attempt: int
+    actor: str | None
+    message: str
+    details: dict[str, Any]

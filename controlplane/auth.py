@@ -1,0 +1,116 @@
+"""Who is calling: bearer-token authentication and the caller's tenant scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from controlplane import tokens
+from controlplane.db.models import ApiToken, Role, User
+from controlplane.errors import Forbidden, Unauthenticated
+
+SCOPES = ("read", "write", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. ``member_id`` is None for platform admins and auditors."""
+
+    user_id: str
+    member_id: str | None
+    role: Role
+    token_id: str
+    scopes: frozenset[str]
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role is Role.PLATFORM_ADMIN
+
+    @property
+    def reads_all_members(self) -> bool:
+        return self.role in (Role.PLATFORM_ADMIN, Role.AUDITOR)
+
+    def can_see_member(self, member_id: str | None) -> bool:
+        return self.reads_all_members or (member_id is not None and member_id == self.member_id)
+
+    def require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(
+                f"this token lacks the {scope!r} scope",
+                code="insufficient_scope",
+                details={"required": scope, "token_scopes": sorted(self.scopes)},
+            )
+
+    def require_write(self) -> None:
+        if self.role is Role.AUDITOR:
+            raise Forbidden("auditors have read-only access")
+        self.require_scope("write")
+
+    def require_platform_admin(self) -> None:
+        if not self.is_platform_admin:
+            raise Forbidden(
+                "this action needs the platform_admin role", details={"role": self.role.value}
+            )
+        self.require_scope("admin")
+
+    def require_member(self) -> str:
+        """The caller's member; platform-level identities must act through a member user."""
+        if self.member_id is None:
+            raise Forbidden(
+                "this action belongs to a member; use a member user's token",
+                code="member_required",
+            )
+        return self.member_id
+
+
+def default_scopes(role: Role) -> list[str]:
+    if role is Role.PLATFORM_ADMIN:
+        return ["read", "write", "admin"]
+    if role is Role.AUDITOR:
+        return ["read"]
+    return ["read", "write"]
+
+
+def authenticate(
+    session: Session, authorization: str | None, now: datetime, touch_interval_s: float
+) -> Principal:
+    """Resolve an ``Authorization: Bearer nuri_...`` header to a Principal.
+
+    Every failure is the same 401 so a caller learns nothing about which tokens exist.
+    """
+    if not authorization:
+        raise Unauthenticated(
+            "missing bearer token", details={"hint": "send Authorization: Bearer nuri_..."}
+        )
+    scheme, _, secret = authorization.partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    if secret.startswith(tokens.PREFIX) and not tokens.well_formed(secret):
+        raise Unauthenticated("invalid or expired token")
+    row = session.exec(
+        select(ApiToken, User)
+        .join(User, col(User.id) == col(ApiToken.user_id))
+        .where(ApiToken.token_hash == tokens.digest(secret))
+    ).first()
+    if row is None:
+        raise Unauthenticated("invalid or expired token")
+    tok, user = row
+    if tok.revoked_at is not None or (tok.expires_at is not None and tok.expires_at <= now):
+        raise Unauthenticated("invalid or expired token")
+    if user.disabled:
+        raise Unauthenticated("invalid or expired token")
+    if tok.last_used_at is None or now - tok.last_used_at >= timedelta(seconds=touch_interval_s):
+        # Throttled: a write per request would double the cost of every call.
+        session.execute(update(ApiToken).where(col(ApiToken.id) == tok.id).values(last_used_at=now))
+        session.commit()
+    return Principal(
+        user_id=user.id,
+        member_id=user.member_id,
+        role=Role(user.role),
+        token_id=tok.id,
+        scopes=frozenset(tok.scopes),
+    )

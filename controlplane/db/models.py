@@ -1,0 +1,281 @@
+"""SQLModel tables. Every tenant-owned row carries ``member_id``; queries scope on it.
+
+Model families follow the SQLModel habit: a ``*Base`` holds what a client may send, the
+``table=True`` class adds what only the server sets (ids, owner, status, timestamps), and the
+API's ``*Create`` / ``*Public`` models live in ``controlplane.api.schemas``.
+
+Enumerations are stored as strings (checked in Python) so that adding a value never needs a
+database enum migration on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from controlplane.db.types import UTCDateTime, new_id, utcnow
+
+
+class Role(StrEnum):
+    PLATFORM_ADMIN = "platform_admin"
+    MEMBER_ADMIN = "member_admin"
+    MEMBER_USER = "member_user"
+    AUDITOR = "auditor"
+
+
+class Classification(StrEnum):
+    """Ordered from least to most restricted; a pool processes up to its maximum."""
+
+    OPEN = "open"
+    SENSITIVE = "sensitive"
+    CLASSIFIED = "classified"
+
+    @property
+    def rank(self) -> int:
+        return list(Classification).index(self)
+
+
+class JobKind(StrEnum):
+    FINETUNE = "finetune"
+    LORA = "lora"
+    DISTILL = "distill"
+    INFERENCE = "inference"
+    PRETRAIN = "pretrain"
+
+
+class NodeStatus(StrEnum):
+    READY = "ready"
+    CORDONED = "cordoned"
+    DOWN = "down"
+
+
+# --- tenancy -------------------------------------------------------------------------------
+
+
+class Member(SQLModel, table=True):
+    """A consortium organisation. Owns users, tokens, datasets, jobs, quotas and budgets."""
+
+    id: str = Field(default_factory=lambda: new_id("mem"), primary_key=True, max_length=40)
+    name: str = Field(unique=True, index=True, max_length=63)
+    display_name: str = Field(max_length=200)
+    kind: str = Field(default="other", max_length=40)
+    country: str = Field(default="KR", max_length=2)
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class User(SQLModel, table=True):
+    """A person or pipeline identity. Platform admins and auditors may have no member."""
+
+    id: str = Field(default_factory=lambda: new_id("usr"), primary_key=True, max_length=40)
+    member_id: str | None = Field(default=None, foreign_key="member.id", index=True, max_length=40)
+    email: str = Field(unique=True, index=True, max_length=254)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=20)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token. Only its SHA-256 is stored; the secret is shown once at creation."""
+
+    id: str = Field(default_factory=lambda: new_id("tok"), primary_key=True, max_length=40)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=40)
+    member_id: str | None = Field(default=None, foreign_key="member.id", index=True, max_length=40)
+    name: str = Field(max_length=100)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    # First characters of the secret, enough to recognise a token in a list or a leak report.
+    display_prefix: str = Field(max_length=16)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- cluster inventory ---------------------------------------------------------------------
+
+
+class Pool(SQLModel, table=True):
+    """A resource flavor at a site. Region and classification are admin-asserted facts."""
+
+    id: str = Field(default_factory=lambda: new_id("pool"), primary_key=True, max_length=40)
+    name: str = Field(unique=True, index=True, max_length=63)
+    gpu_model: str = Field(max_length=40)
+    gpu_memory_gib: int
+    gpus_per_node: int
+    site: str = Field(max_length=100)
+    region: str = Field(max_length=40)
+    jurisdiction: str = Field(max_length=2)
+    max_classification: str = Field(default=Classification.OPEN.value, max_length=20)
+    interconnect_domains: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    certification: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Node(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("node"), primary_key=True, max_length=40)
+    name: str = Field(unique=True, index=True, max_length=100)
+    pool_id: str = Field(foreign_key="pool.id", index=True, max_length=40)
+    domain: str = Field(max_length=63)
+    gpus: int
+    status: str = Field(default=NodeStatus.READY.value, max_length=20)
+    ray_node_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PriorityClass(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=63)
+    value: int
+    preemptible: bool
+    description: str = Field(default="", max_length=500)
+
+
+class Quota(SQLModel, table=True):
+    """Member x pool: guaranteed GPUs, how many more it may borrow, how many it may lend."""
+
+    __table_args__ = (UniqueConstraint("member_id", "pool_id", name="uq_quota_member_pool"),)
+
+    id: str = Field(default_factory=lambda: new_id("quota"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    pool_id: str = Field(foreign_key="pool.id", index=True, max_length=40)
+    nominal_gpus: int
+    # None means "no limit" (the cohort's free capacity bounds it).
+    borrowing_limit: int | None = None
+    lending_limit: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Budget(SQLModel, table=True):
+    """GPU-hours a member may consume in one period (e.g. ``2026-Q4``)."""
+
+    __table_args__ = (UniqueConstraint("member_id", "period", name="uq_budget_member_period"),)
+
+    id: str = Field(default_factory=lambda: new_id("bud"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    period: str = Field(max_length=20)
+    starts_at: datetime = Field(sa_type=UTCDateTime)
+    ends_at: datetime = Field(sa_type=UTCDateTime)
+    gpu_hours: float
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+class Dataset(SQLModel, table=True):
+    """A registered input (data or a model) with residency labels."""
+
+    __table_args__ = (UniqueConstraint("member_id", "name", name="uq_dataset_member_name"),)
+
+    id: str = Field(default_factory=lambda: new_id("ds"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    name: str = Field(max_length=100)
+    kind: str = Field(default="data", max_length=20)  # data | model
+    uri: str = Field(max_length=1000)
+    description: str = Field(default="", max_length=2000)
+    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version: int = 1
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Artifact(SQLModel, table=True):
+    """Something a job wrote (checkpoint, adapter, model, outputs); labels fixed at write."""
+
+    id: str = Field(default_factory=lambda: new_id("art"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    job_id: str | None = Field(default=None, foreign_key="job.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=20)
+    uri: str = Field(max_length=1000)
+    sha256: str | None = Field(default=None, max_length=64)
+    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+class Job(SQLModel, table=True):
+    """A unit of GPU work. ``status`` is written only by ``controlplane.jobstate``."""
+
+    __table_args__ = (
+        UniqueConstraint("member_id", "idempotency_key", name="uq_job_member_idempotency"),
+        Index("ix_job_member_status", "member_id", "status"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("job"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    submitter_id: str = Field(foreign_key="user.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=20)
+    model: str = Field(max_length=200)
+    inputs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    gpus: int
+    nodes: int
+    gpus_per_node: int
+    allowed_pools: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    preferred_pools: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    same_domain: bool = True
+    priority_class: str = Field(foreign_key="priorityclass.name", max_length=63)
+    max_runtime_s: int
+    preemptible: bool
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    request_hash: str | None = Field(default=None, max_length=64)
+    status: str = Field(index=True, max_length=20)
+    attempt: int = 1
+    max_retries: int = 3
+    reasons: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    pool: str | None = Field(default=None, max_length=63)
+    checkpoint_uri: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    admitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobEvent(SQLModel, table=True):
+    """What happened to a job, in order: every transition and notable observation."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    type: str = Field(max_length=40)
+    from_status: str | None = Field(default=None, max_length=20)
+    to_status: str | None = Field(default=None, max_length=20)
+    attempt: int = 1
+    actor: str | None = Field(default=None, max_length=40)
+    message: str = Field(default="", max_length=2000)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class UsageRecord(SQLModel, table=True):
+    """GPU-seconds one attempt of a job consumed in one pool and period."""
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "period", name="uq_usage_job_attempt_period"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    pool_id: str = Field(foreign_key="pool.id", index=True, max_length=40)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    attempt: int
+    period: str = Field(max_length=20)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    gpus: int
+    gpu_seconds: float = 0.0

@@ -1,0 +1,360 @@
+"""Pools, nodes, priority classes, quotas and budgets (the platform admin's registry)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from controlplane.api import schemas
+from controlplane.auth import Principal
+from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass, Quota, UsageRecord
+from controlplane.errors import Conflict, InvalidRequest, NotFound
+from controlplane.services import lookup, paging
+
+DEFAULT_PRIORITY_CLASSES = (
+    PriorityClass(
+        name="production-inference",
+        value=1000,
+        preemptible=False,
+        description="Serving traffic; never preempted, only inside nominal quota.",
+    ),
+    PriorityClass(
+        name="training",
+        value=500,
+        preemptible=False,
+        description="Scheduled training runs; never preempted, inside nominal quota.",
+    ),
+    PriorityClass(
+        name="research",
+        value=100,
+        preemptible=True,
+        description="Experiments; may borrow idle capacity and be preempted.",
+    ),
+    PriorityClass(
+        name="best-effort",
+        value=0,
+        preemptible=True,
+        description="Runs only on capacity nobody else wants.",
+    ),
+)
+
+
+def ensure_priority_classes(session: Session) -> None:
+    """Insert the default classes that are missing (idempotent)."""
+    existing = set(session.exec(select(PriorityClass.name)).all())
+    for pc in DEFAULT_PRIORITY_CLASSES:
+        if pc.name not in existing:
+            session.add(PriorityClass(**pc.model_dump()))
+
+
+def list_priority_classes(session: Session) -> Sequence[PriorityClass]:
+    return session.exec(select(PriorityClass).order_by(col(PriorityClass.value).desc())).all()
+
+
+# --- pools and nodes -----------------------------------------------------------------------
+
+
+def pool_capacity(session: Session, pool_id: str) -> tuple[int, int]:
+    """(node count, GPUs) of the pool's nodes that are not down."""
+    row = session.exec(
+        select(func.count(col(Node.id)), func.coalesce(func.sum(Node.gpus), 0)).where(
+            Node.pool_id == pool_id, Node.status != NodeStatus.DOWN.value
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def pool_public(session: Session, row: Pool) -> schemas.PoolPublic:
+    nodes, gpus = pool_capacity(session, row.id)
+    out = schemas.PoolPublic.model_validate(row)
+    out.node_count, out.total_gpus = nodes, gpus
+    return out
+
+
+def create_pool(session: Session, caller: Principal, body: schemas.PoolCreate) -> Pool:
+    caller.require_platform_admin()
+    if session.exec(select(Pool).where(Pool.name == body.name)).first():
+        raise Conflict(
+            f"pool {body.name!r} already exists", code="already_exists", details={"name": body.name}
+        )
+    domains = list(dict.fromkeys(body.interconnect_domains)) or [f"{body.name}-d0"]
+    row = Pool(
+        **body.model_dump(exclude={"node_count", "interconnect_domains"}),
+        interconnect_domains=domains,
+    )
+    row.max_classification = body.max_classification.value
+    session.add(row)
+    session.flush()
+    per_domain = -(-body.node_count // len(domains)) if body.node_count else 0
+    for i in range(body.node_count):
+        session.add(
+            Node(
+                name=f"{body.name}-{i:03d}",
+                pool_id=row.id,
+                domain=domains[i // per_domain],
+                gpus=body.gpus_per_node,
+            )
+        )
+    session.commit()
+    return row
+
+
+def list_pools(session: Session) -> Sequence[Pool]:
+    return session.exec(select(Pool).order_by(Pool.name)).all()
+
+
+def update_pool(session: Session, caller: Principal, ref: str, body: schemas.PoolUpdate) -> Pool:
+    caller.require_platform_admin()
+    row = lookup.pool(session, ref)
+    for key, value in body.model_dump(exclude_unset=True).items():
+        if value is None and key != "certification":
+            raise InvalidRequest(f"{key} cannot be null", details={"field": key})
+        setattr(row, key, value.value if hasattr(value, "value") else value)
+    session.add(row)
+    session.commit()
+    return row
+
+
+def create_node(session: Session, caller: Principal, body: schemas.NodeCreate) -> Node:
+    caller.require_platform_admin()
+    pool = lookup.pool(session, body.pool)
+    if session.exec(select(Node).where(Node.name == body.name)).first():
+        raise Conflict(
+            f"node {body.name!r} already exists", code="already_exists", details={"name": body.name}
+        )
+    gpus = body.gpus or pool.gpus_per_node
+    if gpus > pool.gpus_per_node:
+        raise InvalidRequest(
+            f"pool {pool.name} has {pool.gpus_per_node} GPUs per node; a node cannot have {gpus}",
+            details={"pool": pool.name, "gpus_per_node": pool.gpus_per_node},
+        )
+    domain = body.domain or pool.interconnect_domains[0]
+    if domain not in pool.interconnect_domains:
+        pool.interconnect_domains = [*pool.interconnect_domains, domain]
+        session.add(pool)
+    row = Node(name=body.name, pool_id=pool.id, domain=domain, gpus=gpus)
+    session.add(row)
+    session.commit()
+    return row
+
+
+def list_nodes(
+    session: Session, limit: int, cursor: str | None, pool: str | None
+) -> tuple[Sequence[Node], str | None]:
+    stmt = select(Node)
+    if pool:
+        stmt = stmt.where(Node.pool_id == lookup.pool(session, pool).id)
+    return paging.page(session, stmt, Node.id, limit, cursor)
+
+
+def get_node(session: Session, ref: str) -> Node:
+    row = session.exec(select(Node).where((Node.id == ref) | (Node.name == ref))).first()
+    if row is None:
+        raise NotFound("node", ref)
+    return row
+
+
+def update_node(session: Session, caller: Principal, ref: str, body: schemas.NodeUpdate) -> Node:
+    caller.require_platform_admin()
+    row = get_node(session, ref)
+    if body.status is not None:
+        row.status = body.status.value
+    if body.domain is not None:
+        row.domain = body.domain
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+
+def _check_nominal_fits(session: Session, pool: Pool, quota_id: str | None, nominal: int) -> None:
+    """Guarantees the pool cannot honour are refused: sum of nominal <= the pool's GPUs."""
+    others = session.exec(
+        select(func.coalesce(func.sum(Quota.nominal_gpus), 0)).where(
+            Quota.pool_id == pool.id, Quota.id != (quota_id or "")
+        )
+    ).one()
+    _, capacity = pool_capacity(session, pool.id)
+    if int(others) + nominal > capacity:
+        raise InvalidRequest(
+            f"nominal quotas in {pool.name} would total {int(others) + nominal} GPUs but the pool "
+            f"has {capacity}",
+            code="quota_exceeds_capacity",
+            details={
+                "pool": pool.name,
+                "capacity_gpus": capacity,
+                "other_nominal_gpus": int(others),
+                "requested_nominal_gpus": nominal,
+            },
+        )
+
+
+def create_quota(session: Session, caller: Principal, body: schemas.QuotaCreate) -> Quota:
+    caller.require_platform_admin()
+    member = lookup.member(session, body.member, caller)
+    pool = lookup.pool(session, body.pool)
+    if session.exec(
+        select(Quota).where(Quota.member_id == member.id, Quota.pool_id == pool.id)
+    ).first():
+        raise Conflict(
+            f"{member.name} already has a quota in {pool.name}; update it instead",
+            code="already_exists",
+            details={"member": member.name, "pool": pool.name},
+        )
+    _check_nominal_fits(session, pool, None, body.nominal_gpus)
+    row = Quota(
+        member_id=member.id,
+        pool_id=pool.id,
+        nominal_gpus=body.nominal_gpus,
+        borrowing_limit=body.borrowing_limit,
+        lending_limit=body.lending_limit,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def list_quotas(
+    session: Session,
+    caller: Principal,
+    limit: int,
+    cursor: str | None,
+    member: str | None,
+    pool: str | None,
+) -> tuple[Sequence[Quota], str | None]:
+    stmt = select(Quota)
+    if not caller.reads_all_members:
+        stmt = stmt.where(Quota.member_id == (caller.member_id or ""))
+    if member:
+        stmt = stmt.where(Quota.member_id == lookup.member(session, member, caller).id)
+    if pool:
+        stmt = stmt.where(Quota.pool_id == lookup.pool(session, pool).id)
+    return paging.page(session, stmt, Quota.id, limit, cursor)
+
+
+def get_quota(session: Session, caller: Principal, quota_id: str) -> Quota:
+    row = session.get(Quota, quota_id)
+    if row is None or not caller.can_see_member(row.member_id):
+        raise NotFound("quota", quota_id)
+    return row
+
+
+def update_quota(
+    session: Session, caller: Principal, quota_id: str, body: schemas.QuotaUpdate, now: datetime
+) -> Quota:
+    row = get_quota(session, caller, quota_id)
+    caller.require_platform_admin()
+    changes = body.model_dump(exclude_unset=True)
+    if "nominal_gpus" in changes:
+        if changes["nominal_gpus"] is None:
+            raise InvalidRequest("nominal_gpus cannot be null", details={"field": "nominal_gpus"})
+        pool = session.get(Pool, row.pool_id)
+        if pool is None:
+            raise NotFound("pool", row.pool_id)
+        _check_nominal_fits(session, pool, row.id, changes["nominal_gpus"])
+    for key, value in changes.items():
+        setattr(row, key, value)
+    row.updated_at = now
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --- budgets -------------------------------------------------------------------------------
+
+_PERIOD = re.compile(r"^(\d{4})-(Q[1-4]|H[12]|\d{2})$")
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """UTC start (inclusive) and end (exclusive) of ``2026-Q4``, ``2026-H1`` or ``2026-11``."""
+    m = _PERIOD.match(period)
+    if not m:
+        raise InvalidRequest(f"bad period {period!r}", details={"period": period})
+    year, part = int(m.group(1)), m.group(2)
+    if part.startswith("Q"):
+        first, months = 3 * (int(part[1]) - 1) + 1, 3
+    elif part.startswith("H"):
+        first, months = 6 * (int(part[1]) - 1) + 1, 6
+    else:
+        first, months = int(part), 1
+        if not 1 <= first <= 12:
+            raise InvalidRequest(f"bad month in period {period!r}", details={"period": period})
+    end_month = first + months
+    start = datetime(year, first, 1, tzinfo=UTC)
+    end = datetime(year + (end_month - 1) // 12, (end_month - 1) % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def used_gpu_hours(session: Session, member_id: str, period: str) -> float:
+    total = session.exec(
+        select(func.coalesce(func.sum(UsageRecord.gpu_seconds), 0.0)).where(
+            UsageRecord.member_id == member_id, UsageRecord.period == period
+        )
+    ).one()
+    return float(total) / 3600.0
+
+
+def budget_public(session: Session, row: Budget) -> schemas.BudgetPublic:
+    out = schemas.BudgetPublic.model_validate(row)
+    out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.period)
+    return out
+
+
+def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreate) -> Budget:
+    caller.require_platform_admin()
+    member = lookup.member(session, body.member, caller)
+    if session.exec(
+        select(Budget).where(Budget.member_id == member.id, Budget.period == body.period)
+    ).first():
+        raise Conflict(
+            f"{member.name} already has a budget for {body.period}",
+            code="already_exists",
+            details={"member": member.name, "period": body.period},
+        )
+    start, end = period_bounds(body.period)
+    row = Budget(
+        member_id=member.id,
+        period=body.period,
+        starts_at=start,
+        ends_at=end,
+        gpu_hours=body.gpu_hours,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def list_budgets(
+    session: Session, caller: Principal, limit: int, cursor: str | None, member: str | None
+) -> tuple[Sequence[Budget], str | None]:
+    stmt = select(Budget)
+    if not caller.reads_all_members:
+        stmt = stmt.where(Budget.member_id == (caller.member_id or ""))
+    if member:
+        stmt = stmt.where(Budget.member_id == lookup.member(session, member, caller).id)
+    return paging.page(session, stmt, Budget.id, limit, cursor)
+
+
+def get_budget(session: Session, caller: Principal, budget_id: str) -> Budget:
+    row = session.get(Budget, budget_id)
+    if row is None or not caller.can_see_member(row.member_id):
+        raise NotFound("budget", budget_id)
+    return row
+
+
+def update_budget(
+    session: Session, caller: Principal, budget_id: str, body: schemas.BudgetUpdate, now: datetime
+) -> Budget:
+    row = get_budget(session, caller, budget_id)
+    caller.require_platform_admin()
+    row.gpu_hours = body.gpu_hours
+    row.updated_at = now
+    session.add(row)
+    session.commit()
+    return row

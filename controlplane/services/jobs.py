@@ -1,0 +1,355 @@
+"""Submitting, listing, reading and cancelling jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from controlplane.api import schemas
+from controlplane.auth import Principal
+from controlplane.db.models import (
+    Dataset,
+    Job,
+    JobEvent,
+    Node,
+    NodeStatus,
+    Pool,
+    PriorityClass,
+    Role,
+)
+from controlplane.errors import (
+    Forbidden,
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+)
+from controlplane.jobstate import TERMINAL, JobStatus, transition
+from controlplane.services import lookup, paging
+
+# Base models every member may name; anything else must be a registered model dataset.
+BASE_MODELS = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "student-tiny"})
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+def request_hash(body: schemas.JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolShape:
+    """What a pool can ever hold: per-node GPUs, usable nodes, nodes in its largest domain."""
+
+    name: str
+    gpus_per_node: int
+    nodes: int
+    largest_domain_nodes: int
+
+
+def pool_shapes(session: Session) -> dict[str, PoolShape]:
+    pools = {p.id: p for p in session.exec(select(Pool)).all()}
+    counts = session.exec(
+        select(Node.pool_id, Node.domain, func.count(col(Node.id)))
+        .where(Node.status != NodeStatus.DOWN.value)
+        .group_by(col(Node.pool_id), col(Node.domain))
+    ).all()
+    per_pool: dict[str, list[int]] = {pid: [] for pid in pools}
+    for pool_id, _domain, n in counts:
+        per_pool.setdefault(pool_id, []).append(int(n))
+    return {
+        p.name: PoolShape(p.name, p.gpus_per_node, sum(per_pool[pid]), max(per_pool[pid] or [0]))
+        for pid, p in pools.items()
+    }
+
+
+def _shape(body: schemas.JobCreate, candidates: list[PoolShape]) -> tuple[int, int]:
+    """(nodes, gpus_per_node) for the request, derived when the caller gave only ``gpus``."""
+    if body.nodes is not None:
+        return body.nodes, body.gpus // body.nodes
+    if body.gpus_per_node is not None:
+        return body.gpus // body.gpus_per_node, body.gpus_per_node
+    if any(body.gpus <= p.gpus_per_node for p in candidates):
+        return 1, body.gpus
+    widest = max((p.gpus_per_node for p in candidates), default=0)
+    if widest and body.gpus % widest == 0:
+        return body.gpus // widest, widest
+    raise InvalidRequest(
+        f"{body.gpus} GPUs do not fit one node and are not a multiple of {widest} GPUs per node;"
+        " give nodes and gpus_per_node",
+        code="invalid_shape",
+        details={"gpus": body.gpus, "max_gpus_per_node": widest},
+    )
+
+
+def _fits(shape: PoolShape, nodes: int, per_node: int, same_domain: bool) -> bool:
+    if per_node > shape.gpus_per_node:
+        return False
+    usable = shape.largest_domain_nodes if same_domain and nodes > 1 else shape.nodes
+    return nodes <= usable
+
+
+def _validate(
+    session: Session, member_id: str, body: schemas.JobCreate
+) -> tuple[int, int, list[str], bool]:
+    """Check every reference and the shape; returns (nodes, gpus_per_node, inputs, preemptible)."""
+    if len(json.dumps(body.config)) > MAX_CONFIG_BYTES:
+        raise InvalidRequest("config is larger than 64 KiB", code="config_too_large")
+    shapes = pool_shapes(session)
+    unknown = [p for p in [*body.allowed_pools, *body.preferred_pools] if p not in shapes]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown pool {unknown[0]!r}",
+            code="unknown_pool",
+            details={"unknown": sorted(set(unknown)), "pools": sorted(shapes)},
+        )
+    candidates = (
+        [shapes[p] for p in body.allowed_pools] if body.allowed_pools else list(shapes.values())
+    )
+    nodes, per_node = _shape(body, candidates)
+    if not any(_fits(s, nodes, per_node, body.same_domain) for s in candidates):
+        raise InvalidRequest(
+            f"{nodes} node(s) x {per_node} GPUs is larger than any allowed pool can ever hold",
+            code="exceeds_capacity",
+            details={
+                "requested": {
+                    "gpus": body.gpus,
+                    "nodes": nodes,
+                    "gpus_per_node": per_node,
+                    "same_domain": body.same_domain,
+                },
+                "pools": {
+                    s.name: {
+                        "gpus_per_node": s.gpus_per_node,
+                        "nodes": s.nodes,
+                        "largest_domain_nodes": s.largest_domain_nodes,
+                    }
+                    for s in candidates
+                },
+            },
+        )
+    input_ids: list[str] = []
+    for ref in body.inputs:
+        ds = session.exec(
+            select(Dataset).where(
+                Dataset.member_id == member_id, (Dataset.id == ref) | (Dataset.name == ref)
+            )
+        ).first()
+        if ds is None:
+            raise InvalidRequest(
+                f"unknown dataset {ref!r}", code="unknown_dataset", details={"dataset": ref}
+            )
+        input_ids.append(ds.id)
+    if body.model not in BASE_MODELS:
+        model = session.exec(
+            select(Dataset).where(
+                Dataset.member_id == member_id,
+                Dataset.kind == "model",
+                (Dataset.id == body.model) | (Dataset.name == body.model),
+            )
+        ).first()
+        if model is None:
+            raise InvalidRequest(
+                f"unknown model {body.model!r}",
+                code="unknown_model",
+                details={"model": body.model, "base_models": sorted(BASE_MODELS)},
+            )
+    pc = session.get(PriorityClass, body.priority_class)
+    if pc is None:
+        names = session.exec(select(PriorityClass.name)).all()
+        raise InvalidRequest(
+            f"unknown priority class {body.priority_class!r}",
+            code="unknown_priority_class",
+            details={"priority_classes": sorted(names)},
+        )
+    preemptible = pc.preemptible if body.preemptible is None else body.preemptible
+    if pc.preemptible and not preemptible:
+        raise InvalidRequest(
+            f"priority class {pc.name} is preemptible; a job in it cannot opt out",
+            code="invalid_preemptible",
+            details={"priority_class": pc.name},
+        )
+    return nodes, per_node, input_ids, preemptible
+
+
+def submit(
+    session: Session,
+    caller: Principal,
+    body: schemas.JobCreate,
+    idempotency_key: str | None,
+    now: datetime,
+    max_retries: int,
+) -> tuple[Job, bool]:
+    """Persist a QUEUED job and its first event in one transaction.
+
+    Returns (job, created). A repeat of the same ``Idempotency-Key`` with the same body returns
+    the original job (created=False); with a different body it is a 409.
+    """
+    caller.require_write()
+    member_id = caller.require_member()
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 200:
+            raise InvalidRequest(
+                "Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key"
+            )
+        existing = _by_key(session, member_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    nodes, per_node, input_ids, preemptible = _validate(session, member_id, body)
+    job = Job(
+        member_id=member_id,
+        submitter_id=caller.user_id,
+        name=body.name or f"{body.kind.value}-{body.model}",
+        kind=body.kind.value,
+        model=body.model,
+        inputs=input_ids,
+        gpus=body.gpus,
+        nodes=nodes,
+        gpus_per_node=per_node,
+        allowed_pools=body.allowed_pools,
+        preferred_pools=body.preferred_pools,
+        same_domain=body.same_domain,
+        priority_class=body.priority_class,
+        max_runtime_s=body.max_runtime_s,
+        preemptible=preemptible,
+        config=body.config,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        status=JobStatus.QUEUED.value,
+        max_retries=max_retries,
+        reasons=[
+            {"code": "awaiting_scheduler", "message": "waiting for the next scheduling cycle"}
+        ],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            at=now,
+            type="submitted",
+            to_status=JobStatus.QUEUED.value,
+            actor=caller.user_id,
+            message="job submitted",
+            details={"gpus": job.gpus, "nodes": nodes, "gpus_per_node": per_node},
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two submissions with one key raced; the loser replays the winner's job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _by_key(session, member_id, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    return job, True
+
+
+def _by_key(session: Session, member_id: str, key: str) -> Job | None:
+    return session.exec(
+        select(Job).where(Job.member_id == member_id, Job.idempotency_key == key)
+    ).first()
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body",
+            details={"job_id": existing.id},
+        )
+    return existing
+
+
+def get_job(session: Session, caller: Principal, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or not caller.can_see_member(job.member_id):
+        raise NotFound("job", job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    caller: Principal,
+    limit: int,
+    cursor: str | None,
+    status: list[str] | None = None,
+    kind: str | None = None,
+    submitter: str | None = None,
+    pool: str | None = None,
+    member: str | None = None,
+) -> tuple[Sequence[Job], str | None]:
+    stmt = select(Job)
+    if not caller.reads_all_members:
+        stmt = stmt.where(Job.member_id == (caller.member_id or ""))
+    elif member:
+        stmt = stmt.where(Job.member_id == lookup.member(session, member, caller).id)
+    if status:
+        wanted = [s.upper() for s in status]
+        bad = [s for s in wanted if s not in JobStatus.__members__]
+        if bad:
+            raise InvalidRequest(
+                f"unknown status {bad[0]!r}",
+                code="invalid_filter",
+                details={"allowed": list(JobStatus.__members__)},
+            )
+        stmt = stmt.where(col(Job.status).in_(wanted))
+    if kind:
+        stmt = stmt.where(Job.kind == kind)
+    if submitter:
+        stmt = stmt.where(Job.submitter_id == (caller.user_id if submitter == "me" else submitter))
+    if pool:
+        stmt = stmt.where(Job.pool == pool)
+    return paging.page(session, stmt, Job.id, limit, cursor)
+
+
+def cancel(session: Session, caller: Principal, job_id: str, reason: str, now: datetime) -> Job:
+    """Cancel a job that is not finished. Member users may cancel only their own jobs."""
+    job = get_job(session, caller, job_id)
+    caller.require_write()
+    if not (
+        caller.is_platform_admin
+        or caller.role is Role.MEMBER_ADMIN
+        or job.submitter_id == caller.user_id
+    ):
+        raise Forbidden("member users may cancel only their own jobs", details={"job_id": job.id})
+    current = JobStatus(job.status)
+    if current in TERMINAL:
+        raise InvalidTransition(
+            f"job {job.id} is {job.status}, which is final; it cannot be cancelled",
+            details={"job_id": job.id, "status": job.status},
+        )
+    details: dict[str, Any] = {"reason": reason} if reason else {}
+    transition(
+        session,
+        job.id,
+        expected=current,
+        to=JobStatus.CANCELLED,
+        now=now,
+        actor=caller.user_id,
+        message=reason or "cancelled by user",
+        details=details,
+        reasons=[{"code": "cancelled", "message": reason or "cancelled by user"}],
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def events(session: Session, caller: Principal, job_id: str) -> Sequence[JobEvent]:
+    get_job(session, caller, job_id)
+    return session.exec(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
+    ).all()

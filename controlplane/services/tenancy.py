@@ -1,0 +1,250 @@
+"""Members, users and API tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from controlplane import tokens
+from controlplane.api import schemas
+from controlplane.auth import Principal, default_scopes
+from controlplane.db.models import ApiToken, Member, Role, User
+from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from controlplane.services import lookup, paging
+
+# --- members -------------------------------------------------------------------------------
+
+
+def create_member(session: Session, caller: Principal, body: schemas.MemberCreate) -> Member:
+    caller.require_platform_admin()
+    if session.exec(select(Member).where(Member.name == body.name)).first():
+        raise Conflict(
+            f"member {body.name!r} already exists",
+            code="already_exists",
+            details={"name": body.name},
+        )
+    row = Member(**body.model_dump())
+    session.add(row)
+    session.commit()
+    return row
+
+
+def list_members(
+    session: Session, caller: Principal, limit: int, cursor: str | None
+) -> tuple[Sequence[Member], str | None]:
+    stmt = select(Member)
+    if not caller.reads_all_members:
+        stmt = stmt.where(Member.id == (caller.member_id or ""))
+    return paging.page(session, stmt, Member.id, limit, cursor)
+
+
+def get_member(session: Session, caller: Principal, ref: str) -> Member:
+    return lookup.member(session, ref, caller)
+
+
+def update_member(
+    session: Session, caller: Principal, ref: str, body: schemas.MemberUpdate
+) -> Member:
+    row = lookup.member(session, ref, caller)
+    caller.require_platform_admin()
+    for key, value in body.model_dump(exclude_unset=True).items():
+        if value is None:
+            raise InvalidRequest(f"{key} cannot be null", details={"field": key})
+        setattr(row, key, value)
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+def _visible_user(session: Session, caller: Principal, user_id: str) -> User:
+    row = session.get(User, user_id)
+    if row is None:
+        raise NotFound("user", user_id)
+    if caller.reads_all_members or row.id == caller.user_id:
+        return row
+    if caller.role is Role.MEMBER_ADMIN and row.member_id == caller.member_id:
+        return row
+    raise NotFound("user", user_id)
+
+
+def create_user(session: Session, caller: Principal, body: schemas.UserCreate) -> User:
+    caller.require_write()
+    if caller.is_platform_admin:
+        caller.require_platform_admin()
+        member_id = lookup.member(session, body.member, caller).id if body.member else None
+    elif caller.role is Role.MEMBER_ADMIN:
+        member_id = caller.require_member()
+        if body.member and lookup.member(session, body.member, caller).id != member_id:
+            raise NotFound("member", body.member)
+        if body.role in (Role.PLATFORM_ADMIN, Role.AUDITOR):
+            raise Forbidden(f"a member admin cannot create a {body.role.value}")
+    else:
+        raise Forbidden("creating users needs the member_admin or platform_admin role")
+    member_roles = (Role.MEMBER_ADMIN, Role.MEMBER_USER)
+    if body.role in member_roles and member_id is None:
+        raise InvalidRequest(
+            f"a {body.role.value} must belong to a member",
+            code="member_required",
+            details={"field": "member"},
+        )
+    if body.role not in member_roles and member_id is not None:
+        raise InvalidRequest(
+            f"a {body.role.value} is platform-wide and has no member", details={"field": "member"}
+        )
+    email = body.email.lower()
+    if session.exec(select(User).where(User.email == email)).first():
+        raise Conflict(
+            f"a user with email {email!r} already exists",
+            code="already_exists",
+            details={"email": email},
+        )
+    row = User(member_id=member_id, email=email, name=body.name, role=body.role.value)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(
+            f"a user with email {email!r} already exists",
+            code="already_exists",
+            details={"email": email},
+        ) from None
+    return row
+
+
+def list_users(
+    session: Session, caller: Principal, limit: int, cursor: str | None, member: str | None
+) -> tuple[Sequence[User], str | None]:
+    stmt = select(User)
+    if caller.reads_all_members:
+        if member:
+            stmt = stmt.where(User.member_id == lookup.member(session, member, caller).id)
+    elif caller.role is Role.MEMBER_ADMIN:
+        stmt = stmt.where(User.member_id == caller.member_id)
+    else:
+        stmt = stmt.where(User.id == caller.user_id)
+    return paging.page(session, stmt, User.id, limit, cursor)
+
+
+def get_user(session: Session, caller: Principal, user_id: str) -> User:
+    return _visible_user(session, caller, user_id)
+
+
+def update_user(
+    session: Session, caller: Principal, user_id: str, body: schemas.UserUpdate
+) -> User:
+    row = _visible_user(session, caller, user_id)
+    caller.require_write()
+    changes = body.model_dump(exclude_unset=True)
+    if not caller.is_platform_admin:
+        if caller.role is not Role.MEMBER_ADMIN:
+            raise Forbidden("changing users needs the member_admin role")
+        if changes.get("role") in (Role.PLATFORM_ADMIN, Role.AUDITOR):
+            raise Forbidden("a member admin cannot grant platform roles")
+    if row.id == caller.user_id and (changes.get("disabled") or "role" in changes):
+        raise InvalidRequest(
+            "you cannot disable yourself or change your own role", code="self_change"
+        )
+    for key, value in changes.items():
+        if value is None:
+            raise InvalidRequest(f"{key} cannot be null", details={"field": key})
+        setattr(row, key, value.value if isinstance(value, Role) else value)
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+def issue_token(
+    session: Session,
+    user: User,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+    secret: str | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; returns the row and the secret (never stored)."""
+    secret = secret or tokens.generate()
+    row = ApiToken(
+        user_id=user.id,
+        member_id=user.member_id,
+        name=name,
+        token_hash=tokens.digest(secret),
+        display_prefix=tokens.display_prefix(secret),
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    return row, secret
+
+
+def create_token(
+    session: Session, caller: Principal, body: schemas.TokenCreate, now: datetime
+) -> tuple[ApiToken, str]:
+    caller.require_write()
+    target = _visible_user(session, caller, body.user_id or caller.user_id)
+    if target.id != caller.user_id and not (
+        caller.is_platform_admin or caller.role is Role.MEMBER_ADMIN
+    ):
+        raise Forbidden("only admins issue tokens for other users")
+    if target.disabled:
+        raise InvalidRequest("the user is disabled", code="user_disabled")
+    allowed = default_scopes(Role(target.role))
+    scopes = body.scopes if body.scopes is not None else allowed
+    extra = sorted(set(scopes) - set(allowed))
+    if extra or not scopes:
+        raise InvalidRequest(
+            "scopes must be a non-empty subset of what the user's role allows",
+            code="invalid_scopes",
+            details={"requested": scopes, "allowed": allowed},
+        )
+    expires = now + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    row, secret = issue_token(session, target, body.name, sorted(set(scopes)), expires)
+    session.commit()
+    return row, secret
+
+
+def _visible_token(session: Session, caller: Principal, token_id: str) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound("token", token_id)
+    if caller.reads_all_members or row.user_id == caller.user_id:
+        return row
+    if caller.role is Role.MEMBER_ADMIN and row.member_id == caller.member_id:
+        return row
+    raise NotFound("token", token_id)
+
+
+def list_tokens(
+    session: Session, caller: Principal, limit: int, cursor: str | None
+) -> tuple[Sequence[ApiToken], str | None]:
+    stmt = select(ApiToken)
+    if caller.reads_all_members:
+        pass
+    elif caller.role is Role.MEMBER_ADMIN:
+        stmt = stmt.where(ApiToken.member_id == caller.member_id)
+    else:
+        stmt = stmt.where(ApiToken.user_id == caller.user_id)
+    return paging.page(session, stmt, ApiToken.id, limit, cursor)
+
+
+def get_token(session: Session, caller: Principal, token_id: str) -> ApiToken:
+    return _visible_token(session, caller, token_id)
+
+
+def revoke_token(session: Session, caller: Principal, token_id: str, now: datetime) -> ApiToken:
+    row = _visible_token(session, caller, token_id)
+    caller.require_write()
+    if row.revoked_at is None:
+        row.revoked_at = now
+        session.add(row)
+        session.commit()
+    return row

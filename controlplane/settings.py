@@ -1,0 +1,58 @@
+"""The one settings class (``NURI_`` prefix) with safe local defaults."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a Nuri process.
+
+    Defaults run one machine with nothing external: SQLite under ``NURI_HOME``, a local Ray,
+    the API on 127.0.0.1:8000. ``NURI_DATABASE_URL`` selects PostgreSQL; ``NURI_RAY_ADDRESS``
+    joins an existing Ray cluster.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NURI_", extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    home: Path = Path(".nuri")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    ray_address: str | None = None
+    # When set on first start, becomes the platform admin's API token (stored hashed).
+    bootstrap_admin_token: str | None = None
+    # Largest page a list endpoint returns.
+    max_page_size: int = Field(default=500, ge=1)
+    # Token last-use stamps are written at most this often per token (a write per request
+    # would double the cost of every authenticated call).
+    token_touch_interval_s: float = Field(default=60.0, ge=0)
+    default_job_retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_prod(self) -> Settings:
+        if self.env == "prod":
+            if self.database_url is None or self.database_url.startswith("sqlite"):
+                raise ValueError("NURI_ENV=prod requires NURI_DATABASE_URL to be PostgreSQL")
+            token = self.bootstrap_admin_token
+            if token is not None and len(token) < 32:
+                raise ValueError(
+                    "NURI_BOOTSTRAP_ADMIN_TOKEN must be at least 32 characters in prod"
+                )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'nuri.db').resolve()}"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
