@@ -1,0 +1,1 @@
+"""The ``nuri`` command (typer + rich) over the Python SDK in ``controlplane.client``."""

@@ -1,0 +1,136 @@
+"""`nuri submit` and `nuri jobs list|get|cancel|events`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from controlplane.cli.session import call, console, emit, fail, parse_duration
+
+jobs_app = typer.Typer(help="Follow and manage your member's jobs.", no_args_is_help=True)
+
+JOB_COLUMNS = [
+    "id",
+    "name",
+    "kind",
+    "model",
+    "gpus",
+    "priority_class",
+    "status",
+    "pool",
+    "created_at",
+]
+
+
+def _load_spec(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", code=2)
+    except yaml.YAMLError as exc:
+        fail(f"{path} is not valid YAML: {exc}", code=2)
+    if not isinstance(data, dict):
+        fail(f"{path} must hold a mapping of job fields", code=2)
+    return data
+
+
+def submit(
+    spec_file: Annotated[Path | None, typer.Option("--file", "-f", help="YAML job spec")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="finetune|lora|distill|inference|pretrain")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="base model (axk1, ...) or model dataset")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(help="total GPUs")] = None,
+    nodes: Annotated[int | None, typer.Option(help="nodes (gang)")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option()] = None,
+    pool: Annotated[list[str] | None, typer.Option(help="allowed pool (repeatable)")] = None,
+    input_: Annotated[
+        list[str] | None, typer.Option("--input", help="dataset (repeatable)")
+    ] = None,
+    priority: Annotated[str | None, typer.Option(help="priority class")] = None,
+    max_runtime: Annotated[str | None, typer.Option(help="e.g. 30m, 4h, 2d")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="makes retries safe")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Submit a job from flags or a YAML spec (flags override the file)."""
+    spec: dict[str, Any] = _load_spec(spec_file) if spec_file else {}
+    overrides: dict[str, Any] = {
+        "kind": kind,
+        "model": model,
+        "gpus": gpus,
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "allowed_pools": pool or None,
+        "inputs": input_ or None,
+        "priority_class": priority,
+        "name": name,
+        "max_runtime_s": parse_duration(max_runtime) if max_runtime else None,
+    }
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [f for f in ("kind", "model", "gpus") if f not in spec]
+    if missing:
+        fail(f"missing {', '.join(missing)}: give --kind, --model and --gpus, or a --file", code=2)
+    job = call(lambda c: c.submit_job(spec, idempotency_key=idempotency_key))
+    if as_json:
+        emit(job, True)
+    else:
+        console.print(
+            f"submitted [bold]{job['id']}[/] ({job['status']}): {job['name']}, "
+            f"{job['nodes']} x {job['gpus_per_node']} GPUs"
+        )
+
+
+@jobs_app.command("list")
+def list_jobs(
+    status: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
+    kind: Annotated[str | None, typer.Option()] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="only jobs I submitted")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List jobs, newest first."""
+    page = call(
+        lambda c: c.list_jobs(
+            status=status, kind=kind, submitter="me" if mine else None, limit=limit, cursor=cursor
+        )
+    )
+    emit(page, as_json, JOB_COLUMNS, title="jobs")
+
+
+@jobs_app.command("get")
+def get_job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job."""
+    emit(call(lambda c: c.get_job(job_id)), as_json)
+
+
+@jobs_app.command("cancel")
+def cancel_job(
+    job_id: str,
+    reason: Annotated[str, typer.Option(help="recorded in the job's events")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cancel a queued or running job."""
+    job = call(lambda c: c.cancel_job(job_id, reason))
+    if as_json:
+        emit(job, True)
+    else:
+        console.print(f"{job['id']} is {job['status']}")
+
+
+@jobs_app.command("events")
+def job_events(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What happened to a job, in order."""
+    events = call(lambda c: c.job_events(job_id))
+    emit(
+        {"items": events},
+        as_json,
+        ["at", "type", "from_status", "to_status", "attempt", "actor", "message"],
+        title=f"events of {job_id}",
+    )

@@ -1,0 +1,129 @@
+"""The ``nuri`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+from controlplane.cli.admin import admin_app, datasets_app
+from controlplane.cli.jobs import jobs_app, submit
+from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
+from controlplane.client import NuriClient
+
+app = typer.Typer(
+    name="nuri",
+    help="Nuri: the consortium's shared GPU cluster (A.X K1). Start with `nuri up --demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(admin_app, name="admin")
+app.add_typer(datasets_app, name="datasets")
+app.command()(submit)
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="seed the demo consortium (idempotent)")] = False,
+    port: Annotated[int | None, typer.Option(help="API port (default NURI_PORT or 8000)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    ray: Annotated[bool, typer.Option(help="start (or join) Ray with the pools")] = True,
+) -> None:
+    """Start the API, the portal, the scheduler and a local Ray (or join NURI_RAY_ADDRESS)."""
+    import uvicorn
+
+    from controlplane import demo as demo_seed
+    from controlplane import ray_runtime
+    from controlplane.api.app import bootstrap_result, create_app
+    from controlplane.db.types import utcnow
+    from controlplane.scheduler import SchedulerLoop
+    from controlplane.services.inventory import list_pools, pool_capacity
+    from controlplane.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        fail(f"bad settings: {exc}", code=2)
+    if port is not None:
+        settings.port = port
+    if host is not None:
+        settings.host = host
+    with socket.socket() as probe:
+        if probe.connect_ex((settings.host, settings.port)) == 0:
+            fail(
+                f"{settings.host}:{settings.port} is already in use; pick another with --port",
+                code=2,
+            )
+    api = create_app(settings)
+    boot = bootstrap_result(api)
+    if boot.generated_token:
+        console.print("[bold green]Platform admin token[/] (shown once; store it):")
+        console.print(boot.generated_token, soft_wrap=True, highlight=False)
+        if settings.env == "dev":
+            path = settings.ensure_home() / "admin-token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(boot.generated_token + "\n")
+            console.print(f"[dim](dev mode: also saved to {path}, readable only by you)[/]")
+    engine = api.state.engine
+    if demo:
+        summary = demo_seed.seed(engine, boot.admin_user_id, utcnow())
+        console.print(
+            f"demo consortium: {summary.members} members, {summary.pools} pools "
+            f"({summary.created} objects created now)"
+        )
+    if ray:
+        from sqlmodel import Session
+
+        with Session(engine) as s:
+            gpus = {p.name: pool_capacity(s, p.id)[1] for p in list_pools(s)}
+        info = ray_runtime.start(gpus, settings.ray_address)
+        console.print(
+            f"ray: {info.address or 'local'} with "
+            f"{int(info.resources.get('GPU', 0))} logical GPUs in {len(gpus)} pools"
+        )
+    scheduler = SchedulerLoop(engine)
+    scheduler.start()
+    console.print(
+        f"Nuri API at http://{settings.host}:{settings.port} "
+        f"(docs at /docs, database {engine.dialect.name})"
+    )
+    try:
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        scheduler.stop()
+        if ray:
+            ray_runtime.stop()
+
+
+@app.command()
+def login(
+    token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="API token")],
+    url: Annotated[str, typer.Option(help="Nuri API URL")] = DEFAULT_URL,
+) -> None:
+    """Check a token against the server and remember it for later commands."""
+    with api_errors(), NuriClient(url, token) as c:
+        me = c.whoami()
+    path = save_config(url, token)
+    console.print(f"logged in to {url} as {me['email']} ({me['role']}); saved to {path}")
+
+
+@app.command()
+def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the identity behind the current token."""
+    from controlplane.cli.session import call
+
+    emit(call(lambda c: c.whoami()), as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
