@@ -1,0 +1,122 @@
+"""Phase 2 of a cycle: the mutable working copy of an immutable :class:`Snapshot`.
+
+Everything the later phases read and change lives here: per-pool free-GPU indexes, the quota
+tree with usage, fair-share scores, budget headroom, running workloads as preemption
+candidates, and backfill reservations. Building it is O(nodes + running + members x pools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quotas.budgets import committed_gpu_hours
+from quotas.fair_share import FairShare
+from quotas.placement import Placement, PoolIndex
+from quotas.quota_tree import QuotaTree
+from quotas.snapshot import (
+    EngineConfig,
+    Member,
+    Node,
+    Pool,
+    PriorityClass,
+    RunningWorkload,
+    Snapshot,
+)
+
+
+@dataclass(slots=True)
+class RunningRecord:
+    """A running workload as the cycle sees it: where it sits and whether it is spoken for.
+
+    ``claimed`` marks workloads whose GPUs this cycle already promised to a preemptor.
+    """
+
+    job: RunningWorkload
+    placement: Placement
+    priority: int
+    preemptible: bool
+    end: float
+    claimed: bool = False
+
+
+@dataclass(slots=True)
+class ReservationState:
+    """A backfill reservation: GPUs free now that the head needs at ``start``.
+
+    ``held`` (node -> GPUs) was taken out of the pool index; jobs that end before ``start``
+    may still use it.
+    """
+
+    job_id: str
+    start: float
+    placement: Placement
+    held: dict[int, int] = field(default_factory=dict)
+
+
+class CycleState:
+    """Working state of one cycle (see module docstring)."""
+
+    def __init__(self, snapshot: Snapshot, now: float):
+        self.now = now
+        self.config: EngineConfig = snapshot.config
+        self.pools: dict[str, Pool] = {p.name: p for p in sorted(snapshot.pools, key=_name)}
+        self.classes: dict[str, PriorityClass] = {c.name: c for c in snapshot.priority_classes}
+        self.members: dict[str, Member] = {m.name: m for m in sorted(snapshot.members, key=_name)}
+        nodes_by_pool: dict[str, list[Node]] = {p: [] for p in self.pools}
+        for node in snapshot.nodes:
+            nodes_by_pool[node.pool].append(node)
+        self.index: dict[str, PoolIndex] = {
+            name: PoolIndex(pool, nodes_by_pool[name]) for name, pool in self.pools.items()
+        }
+        pool_names = list(self.pools)
+        self.tree = QuotaTree(snapshot.cohorts, snapshot.members, pool_names)
+        capacity = {name: idx.capacity for name, idx in self.index.items()}
+        self.fair = FairShare(
+            snapshot.members,
+            capacity,
+            self.config.history_weight,
+            self.config.fair_share_half_life,
+            use_history=self.config.policy == "nuri",
+        )
+        self.running: dict[str, list[RunningRecord]] = {p: [] for p in self.pools}
+        running_by_member: dict[str, list[RunningWorkload]] = {}
+        for job in sorted(snapshot.running, key=lambda j: j.job_id):
+            running_by_member.setdefault(job.member, []).append(job)
+            if job.pool not in self.pools:
+                continue
+            idx = self.index[job.pool]
+            placement = [(idx.position[n], g) for n, g in job.assignments if n in idx.position]
+            pclass = self.classes.get(job.priority_class)
+            end = job.preempting_until
+            if end is None:
+                end = max(now, job.started_at + job.max_runtime)
+            self.running[job.pool].append(
+                RunningRecord(
+                    job,
+                    placement,
+                    pclass.value if pclass else 0,
+                    pclass.preemptible if pclass else True,
+                    end,
+                )
+            )
+            if job.member in self.tree.member_index:
+                self.tree.add_usage(job.member, job.pool, job.gpus)
+                self.fair.add(job.member, job.pool, job.gpus)
+        # Budget headroom only for members with a budget; others are unlimited.
+        self.headroom: dict[str, float] = {}
+        for member in self.members.values():
+            if member.budget is not None:
+                budget = member.budget
+                committed = committed_gpu_hours(running_by_member.get(member.name, []), now)
+                self.headroom[member.name] = (
+                    budget.limit_gpu_hours - budget.used_gpu_hours - committed
+                )
+        self.reservations: dict[str, ReservationState] = {}
+        # Jobs admitted (or promised a preemption) this cycle: (end, placement) per pool, so
+        # backfill timelines and ETAs see when they release their GPUs.
+        self.admitted_ends: dict[str, list[tuple[float, Placement]]] = {p: [] for p in self.pools}
+        self.preemption_attempts = 0
+
+
+def _name(obj: Pool | Member) -> str:
+    return obj.name

@@ -1,0 +1,424 @@
+"""The admission cycle: ``admit(snapshot, now) -> Decisions``.
+
+Phases, as in Kueue's scheduler:
+
+1. **Heads** -- group pending jobs into per-member queues (higher priority first, FIFO among
+   equals); jobs naming unknown members, classes or pools are set aside as invalid.
+2. **Snapshot** -- build the mutable working copy (:class:`quotas.cycle.CycleState`): pool
+   indexes, quota tree with usage, fair share, budget headroom, preemption candidates.
+3. **Assignment** -- for a head: which pools it may use, in its preference order, whether it
+   fits in its member's unused nominal quota (no borrowing) or needs to borrow.
+4. **Order** -- a tournament over member queues: heads that fit in nominal quota first (by
+   priority, then submit time); then borrowing heads by their member's fair-share score. A
+   member's key is recomputed lazily when it wins, since admissions only make keys worse.
+5. **Admit** -- optimistically reserve the winner's quota, budget and GPUs in the working
+   copy; if nothing fits, try preemption (reclaim or priority), else hold a backfill
+   reservation for it; everything else that waits gets ranked reasons, position and ETA.
+
+Phases 3-5 run per head as it wins the tournament. The cycle is deterministic: every
+collection is sorted by id before use, and ties break on job id. The ``fifo`` and ``drf``
+policies reuse phases 1, 2 and the placement of phase 5 with their own order and no quotas,
+so the simulator compares policies through the same code.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quotas import decisions as codes
+from quotas.backfill import hold, place_backfill, release_timeline, shadow_start, take
+from quotas.budgets import job_cost_gpu_hours
+from quotas.cycle import CycleState
+from quotas.decisions import Admit, Decisions, Pending, Preempt, Reason, Reservation
+from quotas.explain import (
+    PendingRecord,
+    capacity_reason,
+    estimate_etas,
+    quota_reason,
+    rank,
+    relative,
+)
+from quotas.placement import Placement, Shape, describe_shape, shape_for
+from quotas.preemption import plan_preemption
+from quotas.snapshot import PendingWorkload, Snapshot, validate
+
+__all__ = ["admit"]
+
+
+@dataclass(slots=True)
+class _Head:
+    """A queued job with what phase 1 resolved: priority and its shape in each known pool."""
+
+    job: PendingWorkload
+    priority: int
+    preemptible: bool
+    shapes: tuple[tuple[str, Shape | None], ...]
+
+
+def admit(snapshot: Snapshot, now: float) -> Decisions:
+    """Run one admission cycle over ``snapshot`` at time ``now`` (epoch seconds).
+
+    Returns which pending jobs start where, which running jobs to preempt (with a grace
+    deadline), the backfill reservations held, and -- when ``config.explain`` -- a ranked
+    explanation, queue position and ETA for every job that keeps waiting. Pure and
+    deterministic: the same snapshot and ``now`` always give the same decisions.
+    Raises :class:`quotas.snapshot.SnapshotError` on a structurally invalid snapshot.
+    """
+    validate(snapshot)
+    # 1. Heads.
+    heads, invalid = _heads(snapshot)
+    # 2. Snapshot.
+    state = CycleState(snapshot, now)
+    cycle = _Cycle(state)
+    # 3-5. Assignment, order and admission, per policy.
+    policy = state.config.policy
+    if policy == "fifo":
+        cycle.run_fifo(heads)
+    elif policy == "drf":
+        cycle.run_tournament(heads, cycle.drf_key, cycle.try_greedy)
+    else:
+        cycle.run_tournament(heads, cycle.nuri_key, cycle.try_nuri)
+    cycle.waiting.extend(invalid)
+    return cycle.decisions()
+
+
+def _heads(snapshot: Snapshot) -> tuple[list[_Head], list[PendingRecord]]:
+    pools = {p.name: p for p in snapshot.pools}
+    classes = {c.name: c for c in snapshot.priority_classes}
+    members = {m.name for m in snapshot.members}
+    heads: list[_Head] = []
+    invalid: list[PendingRecord] = []
+    for job in sorted(snapshot.pending, key=lambda j: j.job_id):
+        pclass = classes.get(job.priority_class)
+        problem = None
+        if job.member not in members:
+            problem = f"unknown member {job.member}"
+        elif pclass is None:
+            problem = f"unknown priority class {job.priority_class}"
+        elif job.gpus <= 0 or job.max_runtime <= 0:
+            problem = "a job needs at least one GPU and a positive max runtime"
+        if problem is not None or pclass is None:
+            reason = Reason(codes.INVALID_REQUEST, problem or "invalid request")
+            invalid.append(PendingRecord(job, [reason], None, None, True))
+            continue
+        known = [p for p in job.allowed_pools if p in pools]
+        if not known:
+            reason = Reason(
+                codes.NO_ALLOWED_POOL,
+                "no pool may run this job (residency of its data or unknown pools)",
+            )
+            invalid.append(PendingRecord(job, [reason], None, None, True))
+            continue
+        shapes = tuple((p, shape_for(job, pools[p])) for p in known)
+        heads.append(_Head(job, pclass.value, pclass.preemptible, shapes))
+    return heads, invalid
+
+
+TournamentKey = tuple[int, float, int, float, str]
+_KeyFn = Callable[[_Head], TournamentKey]
+_TryFn = Callable[[_Head], None]
+
+
+class _Cycle:
+    """Phases 3-5 over one :class:`CycleState`, accumulating decisions."""
+
+    def __init__(self, state: CycleState):
+        self.state = state
+        self.explain = state.config.explain
+        self.admitted: list[Admit] = []
+        self.preempted: list[Preempt] = []
+        self.reserved: list[Reservation] = []
+        self.waiting: list[PendingRecord] = []
+        self._failed_preemptions: set[tuple[str, str, int, Shape, bool]] = set()
+
+    # -- 4. order ------------------------------------------------------------------------
+
+    def nuri_key(self, head: _Head) -> TournamentKey:
+        """In-nominal heads first by priority and age; borrowers by fair-share score."""
+        job, tree = head.job, self.state.tree
+        for pool, shape in head.shapes:
+            if shape is not None and tree.unused_nominal(job.member, pool) >= shape.gpus:
+                return (0, 0.0, -head.priority, job.submitted_at, job.job_id)
+        score = self.state.fair.score(job.member)
+        return (1, score, -head.priority, job.submitted_at, job.job_id)
+
+    def drf_key(self, head: _Head) -> TournamentKey:
+        """Lowest weighted dominant share first; FIFO inside a member; priority ignored."""
+        job = head.job
+        share = self.state.fair.dominant_share(job.member)
+        return (0, share, 0, job.submitted_at, job.job_id)
+
+    def run_tournament(self, heads: list[_Head], key_of: _KeyFn, try_head: _TryFn) -> None:
+        """Serve member queues in key order, re-keying a winner lazily (keys only worsen)."""
+        queues: dict[str, list[_Head]] = {}
+        for head in heads:
+            queues.setdefault(head.job.member, []).append(head)
+        fifo_inside = self.state.config.policy == "drf"
+        for queue in queues.values():
+            if fifo_inside:
+                queue.sort(key=lambda h: (h.job.submitted_at, h.job.job_id))
+            else:
+                queue.sort(key=lambda h: (-h.priority, h.job.submitted_at, h.job.job_id))
+            queue.reverse()  # pop() from the end is O(1)
+        heap = [(key_of(q[-1]), member) for member, q in queues.items()]
+        heapq.heapify(heap)
+        while heap:
+            key, member = heapq.heappop(heap)
+            queue = queues[member]
+            fresh = key_of(queue[-1])
+            if fresh != key:
+                heapq.heappush(heap, (fresh, member))
+                continue
+            try_head(queue.pop())
+            if queue:
+                heapq.heappush(heap, (key_of(queue[-1]), member))
+
+    def run_fifo(self, heads: list[_Head]) -> None:
+        """One queue in submit order; a blocked job blocks its pools for everyone after it."""
+        blocked: dict[str, str] = {}
+        for head in sorted(heads, key=lambda h: (h.job.submitted_at, h.job.job_id)):
+            job = head.job
+            usable = [(p, s) for p, s in head.shapes if s is not None and self._ever(p, s)]
+            if not usable:
+                self.waiting.append(self._never_fits(head))
+                continue
+            open_pools = [(p, s) for p, s in usable if p not in blocked]
+            if not open_pools:
+                pool = usable[0][0]
+                reason = Reason(
+                    codes.BLOCKED_BY_HEAD,
+                    f"FIFO: job {blocked[pool]} ahead of it in {pool} is waiting for GPUs",
+                )
+                self.waiting.append(PendingRecord(job, [reason], pool))
+                continue
+            if not self._greedy(head, open_pools):
+                for pool, _ in open_pools:
+                    blocked[pool] = job.job_id
+
+    # -- 5. admit ------------------------------------------------------------------------
+
+    def try_greedy(self, head: _Head) -> None:
+        """Baseline admission: first pool where the job fits, no quotas, no preemption."""
+        usable = [(p, s) for p, s in head.shapes if s is not None and self._ever(p, s)]
+        if not usable:
+            self.waiting.append(self._never_fits(head))
+            return
+        self._greedy(head, usable)
+
+    def _greedy(self, head: _Head, usable: list[tuple[str, Shape]]) -> bool:
+        state = self.state
+        end = state.now + head.job.max_runtime
+        reasons: list[Reason] = []
+        for pool, shape in usable:
+            placement = state.index[pool].place(shape)
+            if placement is not None:
+                self._admit(head, pool, placement, False)
+                return True
+            if self.explain:
+                reasons.append(capacity_reason(state.index[pool], shape, end, state))
+        self.waiting.append(PendingRecord(head.job, reasons, usable[0][0]))
+        return False
+
+    def try_nuri(self, head: _Head) -> None:
+        """Admit in nominal, else borrowing, else preempt, else hold a reservation, else wait."""
+        state, job = self.state, head.job
+        tree, member, explain = state.tree, job.member, self.explain
+        reasons: list[Reason] = []
+        if member in state.headroom:
+            cost = job_cost_gpu_hours(job.gpus, job.max_runtime)
+            left = state.headroom[member]
+            if cost > left + 1e-9:
+                budget = state.members[member].budget
+                reason = Reason(
+                    codes.BUDGET_EXHAUSTED,
+                    f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
+                    f"(GPUs x max runtime), {max(0.0, left):.1f} left this period",
+                )
+                eta = budget.period_end if budget is not None else None
+                self.waiting.append(PendingRecord(job, [reason], None, eta, True))
+                return
+        end = state.now + job.max_runtime
+        borrow_fit: tuple[str, Placement] | None = None
+        blocked: list[tuple[str, Shape, bool, bool]] = []  # pool, shape, in nominal, quota ok
+        first_pool: str | None = None
+        for pool, shape in head.shapes:
+            if shape is None or not self._ever(pool, shape):
+                if explain:
+                    reasons.append(self._shape_reason(head, pool, shape))
+                continue
+            first_pool = first_pool or pool
+            gpus = shape.gpus
+            in_nominal = tree.unused_nominal(member, pool) >= gpus
+            if not head.preemptible and not in_nominal:
+                if explain:
+                    used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
+                    reasons.append(
+                        Reason(
+                            codes.NON_PREEMPTIBLE_OVER_NOMINAL,
+                            f"non-preemptible jobs run only inside nominal quota: member "
+                            f"{member} uses {used}/{nominal} in {pool}; needs {gpus}",
+                        )
+                    )
+                blocked.append((pool, shape, False, False))
+                continue
+            if tree.available(member, pool) < gpus:
+                if explain:
+                    reasons.append(quota_reason(state, job, pool, gpus))
+                blocked.append((pool, shape, in_nominal, False))
+                continue
+            placement = place_backfill(state, pool, shape, end)
+            if placement is None:
+                if explain:
+                    reasons.append(capacity_reason(state.index[pool], shape, end, state))
+                blocked.append((pool, shape, in_nominal, True))
+                continue
+            if in_nominal:
+                self._admit(head, pool, placement, False)
+                return
+            if borrow_fit is None:
+                borrow_fit = (pool, placement)
+        if borrow_fit is not None:
+            self._admit(head, borrow_fit[0], borrow_fit[1], True)
+            return
+        if first_pool is None:
+            self.waiting.append(PendingRecord(job, reasons, None, None, True))
+            return
+        # Preemption: pools where the job is guaranteed (reclaim) first.
+        for pool, shape, _, _ in sorted(blocked, key=lambda b: not b[2]):
+            if self._try_preemption(head, pool, shape, reasons):
+                return
+        record = PendingRecord(job, reasons, first_pool)
+        if state.config.backfill:
+            self._try_reservation(head, blocked, record)
+        self.waiting.append(record)
+
+    def _try_preemption(self, head: _Head, pool: str, shape: Shape, reasons: list[Reason]) -> bool:
+        state, job = self.state, head.job
+        if pool in state.reservations:
+            return False  # the reserved head is ahead of this job; never undercut it
+        memo = (pool, job.member, head.priority, shape, head.preemptible)
+        if memo in self._failed_preemptions:
+            return False
+        if state.preemption_attempts >= state.config.max_preemption_attempts:
+            return False
+        state.preemption_attempts += 1
+        plan = plan_preemption(state, job, pool, shape, head.priority, head.preemptible)
+        if plan is None:
+            self._failed_preemptions.add(memo)
+            return False
+        now, grace = state.now, state.config.grace_period
+        deadline = now + grace
+        fresh = tuple(r.job.job_id for r in plan.victims if r.job.preempting_until is None)
+        leaving = [
+            r.job.preempting_until for r in plan.victims if r.job.preempting_until is not None
+        ]
+        for record in plan.victims:
+            record.claimed = True
+        kind = codes.RECLAIM if plan.reclaim else codes.PRIORITY
+        if fresh:
+            why = (
+                f"{job.member} reclaims its nominal quota in {pool} for job {job.job_id}"
+                if plan.reclaim
+                else f"higher-priority job {job.job_id} of {job.member} needs {pool}"
+            )
+            self.preempted.append(Preempt(job.job_id, fresh, kind, why, deadline))
+        ready = max([*leaving, deadline] if fresh else leaving)
+        # Optimistic reservation: the preemptor's quota, budget and the free GPUs it will
+        # use are taken now, so nobody later in this cycle can take them.
+        gpus = shape.gpus
+        state.tree.add_usage(job.member, pool, gpus)
+        state.fair.add(job.member, pool, gpus)
+        if job.member in state.headroom:
+            state.headroom[job.member] -= job_cost_gpu_hours(job.gpus, job.max_runtime)
+        index = state.index[pool]
+        for i, g in plan.placement:
+            index.take(i, max(0, g - plan.freed.get(i, 0)))
+        state.admitted_ends[pool].append((ready + job.max_runtime, plan.placement))
+        victims = len(plan.victims)
+        reasons.insert(
+            0,
+            Reason(
+                codes.WAITING_FOR_PREEMPTION,
+                f"{victims} job(s) in {pool} are checkpointing to make room "
+                f"({kind}); GPUs free {relative(ready, now)}",
+            ),
+        )
+        self.waiting.append(PendingRecord(job, reasons, pool, ready))
+        return True
+
+    def _try_reservation(
+        self, head: _Head, blocked: list[tuple[str, Shape, bool, bool]], record: PendingRecord
+    ) -> None:
+        state = self.state
+        best: tuple[float, str, tuple[float, Placement, dict[int, int]]] | None = None
+        for pool, shape, _, quota_ok in blocked:
+            if not quota_ok or pool in state.reservations:
+                continue
+            found = shadow_start(state.index[pool], shape, release_timeline(state, pool))
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], pool, found)
+        if best is None:
+            return
+        _, pool, found = best
+        reservation = hold(state, pool, head.job.job_id, found)
+        names = state.index[pool].names_of(reservation.placement)
+        self.reserved.append(Reservation(head.job.job_id, pool, reservation.start, names))
+        record.eta = reservation.start
+        record.eta_pool = pool
+
+    def _admit(self, head: _Head, pool: str, placement: Placement, borrowing: bool) -> None:
+        state, job = self.state, head.job
+        end = state.now + job.max_runtime
+        take(state, pool, placement, end)
+        gpus = sum(g for _, g in placement)
+        state.tree.add_usage(job.member, pool, gpus)
+        state.fair.add(job.member, pool, gpus)
+        if job.member in state.headroom:
+            state.headroom[job.member] -= job_cost_gpu_hours(job.gpus, job.max_runtime)
+        state.admitted_ends[pool].append((end, placement))
+        names = state.index[pool].names_of(placement)
+        self.admitted.append(Admit(job.job_id, pool, names, borrowing))
+
+    # -- explanations ----------------------------------------------------------------------
+
+    def _ever(self, pool: str, shape: Shape) -> bool:
+        return self.state.index[pool].can_ever_fit(shape)
+
+    def _shape_reason(self, head: _Head, pool: str, shape: Shape | None) -> Reason:
+        info = self.state.pools[pool]
+        index = self.state.index[pool]
+        if shape is None:
+            return Reason(
+                codes.SHAPE_UNSATISFIABLE,
+                f"{head.job.gpus} GPUs do not map onto {pool} ({info.gpus_per_node} per node): "
+                "multi-node jobs take whole nodes",
+            )
+        return Reason(
+            codes.SHAPE_UNSATISFIABLE,
+            f"needs {describe_shape(shape, info)}; {pool} has {index.capacity} GPUs on "
+            f"{len(index.names)} live nodes, so it can never fit",
+        )
+
+    def _never_fits(self, head: _Head) -> PendingRecord:
+        reasons = [self._shape_reason(head, p, s) for p, s in head.shapes] if self.explain else []
+        return PendingRecord(head.job, reasons, None, None, True)
+
+    def decisions(self) -> Decisions:
+        """Assemble the cycle's decisions (explanations only when configured)."""
+        pending: tuple[Pending, ...] = ()
+        if self.explain:
+            etas = estimate_etas(self.state, self.waiting)
+            nuri = self.state.config.policy == "nuri"
+            items = []
+            for position, (record, eta) in enumerate(zip(self.waiting, etas, strict=True), 1):
+                reasons = rank(record.reasons)
+                text = f"position {position} of {len(self.waiting)} waiting jobs"
+                if nuri:
+                    score = self.state.fair.score(record.job.member)
+                    text += f"; member {record.job.member} fair-share score {score:.2f}"
+                reasons.append(Reason(codes.QUEUE_POSITION, text))
+                items.append(Pending(record.job.job_id, tuple(reasons), position, eta))
+            pending = tuple(items)
+        return Decisions(tuple(self.admitted), tuple(self.preempted), pending, tuple(self.reserved))

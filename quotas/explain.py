@@ -1,0 +1,139 @@
+"""Pending explanations: ranked human-readable reasons and ETAs.
+
+Every pending job gets all the distinct reasons it could not start (one per pool tried,
+deduplicated by code), sorted by :data:`quotas.decisions.REASON_RANK` so the reason to fix
+first comes first, followed by its queue position. Messages say what was needed and what was
+there, e.g. ``needs 16 x H200 (2 whole nodes) in one NVLink domain; 6 GPUs free in h200``.
+
+ETAs are estimates, not promises: a fluid list-schedule per pool, in queue order, over the
+GPUs that running jobs release at their declared max runtime (``started_at + max_runtime``).
+It ignores fragmentation and quota, so it is optimistic when those are the blocker; jobs
+waiting for a preemption or holding a reservation get their exact start instead, and a job
+blocked by its budget gets the end of the budget period.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from quotas import decisions as codes
+from quotas.cycle import CycleState
+from quotas.decisions import Reason
+from quotas.placement import PoolIndex, Shape, describe_shape
+from quotas.snapshot import PendingWorkload
+
+
+@dataclass(slots=True)
+class PendingRecord:
+    """A job that stays pending this cycle, with what the engine learned about it."""
+
+    job: PendingWorkload
+    reasons: list[Reason]
+    eta_pool: str | None  # pool whose queue the ETA estimate uses
+    eta: float | None = None  # fixed ETA (reservation, preemption, budget) when known
+    no_eta: bool = False  # never fits / invalid: no estimate
+
+
+def relative(when: float, now: float) -> str:
+    """``in 12m`` style distance from now, for messages."""
+    seconds = max(0.0, when - now)
+    if seconds < 120:
+        return f"in {seconds:.0f}s"
+    if seconds < 7200:
+        return f"in {seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"in {seconds / 3600:.1f}h"
+    return f"in {seconds / 86400:.1f}d"
+
+
+def capacity_reason(index: PoolIndex, shape: Shape, end: float, state: CycleState) -> Reason:
+    """Why ``shape`` does not fit in the pool right now (capacity, fragmentation, reservation)."""
+    pool = index.pool
+    reservation = state.reservations.get(pool.name)
+    if reservation is not None and index.place_with_extra(shape, reservation.held) is not None:
+        return Reason(
+            codes.RESERVED_FOR_HEAD,
+            f"GPUs in {pool.name} are held for job {reservation.job_id}, which starts "
+            f"{relative(reservation.start, state.now)}; this job's max runtime would delay it",
+        )
+    need = describe_shape(shape, pool)
+    if index.free_total >= shape.gpus:
+        return Reason(
+            codes.FRAGMENTED,
+            f"needs {need}; {index.free_total} GPUs free in {pool.name} across "
+            f"{index.free_nodes()} nodes, but none fits the shape",
+        )
+    return Reason(
+        codes.INSUFFICIENT_CAPACITY,
+        f"needs {need}; {index.free_total} of {index.capacity} GPUs free in {pool.name}",
+    )
+
+
+def quota_reason(state: CycleState, job: PendingWorkload, pool: str, gpus: int) -> Reason:
+    """Why the quota tree refuses ``gpus`` more GPUs for the job's member in ``pool``."""
+    tree, member = state.tree, job.member
+    used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
+    limit = tree.borrowing_limit(member, pool)
+    limit_text = "unlimited" if limit is None else str(limit)
+    if limit is not None and used + gpus > nominal + limit:
+        return Reason(
+            codes.QUOTA_EXCEEDED,
+            f"member {member} quota in {pool}: {used}/{nominal} in use, borrowing limit "
+            f"{limit_text}; needs {gpus}",
+        )
+    cohort = tree.cohort_of(member) or member
+    return Reason(
+        codes.COHORT_EXHAUSTED,
+        f"nothing lendable in cohort {cohort} for {pool}: member {member} uses "
+        f"{used}/{nominal}, {tree.available(member, pool)} GPUs available; needs {gpus}",
+    )
+
+
+def rank(reasons: Iterable[Reason]) -> list[Reason]:
+    """Distinct reasons by code (first message wins), most fundamental first."""
+    seen: dict[str, Reason] = {}
+    for reason in reasons:
+        seen.setdefault(reason.code, reason)
+    return sorted(seen.values(), key=lambda r: codes.REASON_RANK.get(r.code, 99))
+
+
+def estimate_etas(state: CycleState, records: list[PendingRecord]) -> list[float | None]:
+    """ETA of each pending record (same order), see the module docstring."""
+    now = state.now
+    heaps: dict[str, list[tuple[float, int]]] = {}
+    free: dict[str, int] = {}
+    clock: dict[str, float] = {}
+    for name in state.pools:
+        releases = [(r.end, r.job.gpus) for r in state.running[name] if not r.claimed]
+        releases.extend((end, sum(g for _, g in pl)) for end, pl in state.admitted_ends[name])
+        heapq.heapify(releases)
+        heaps[name] = releases
+        reservation = state.reservations.get(name)
+        held = sum(reservation.held.values()) if reservation else 0
+        free[name] = state.index[name].free_total + held
+        clock[name] = now
+    etas: list[float | None] = []
+    for record in records:
+        pool = record.eta_pool
+        if record.no_eta or pool is None or record.eta is not None:
+            etas.append(record.eta)
+            continue
+        need = record.job.gpus
+        if need > state.index[pool].capacity:
+            etas.append(None)
+            continue
+        heap = heaps[pool]
+        while free[pool] < need and heap:
+            end, gpus = heapq.heappop(heap)
+            clock[pool] = max(clock[pool], end)
+            free[pool] += gpus
+        if free[pool] < need:
+            etas.append(None)
+            continue
+        start = clock[pool]
+        free[pool] -= need
+        heapq.heappush(heap, (start + record.job.max_runtime, need))
+        etas.append(start)
+    return etas

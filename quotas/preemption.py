@@ -1,0 +1,149 @@
+"""Victim selection: the fewest, cheapest running jobs whose removal lets a job start.
+
+Who may be a victim of job J (member M, priority P) in pool p:
+
+* a job already in its grace period (its GPUs are leaving anyway; costs nothing), else
+* a preemptible job that ran at least ``min_runtime`` and was preempted fewer than
+  ``max_preemptions`` times (no thrash), and
+  - of another member that currently *borrows* in p, when J fits in M's nominal quota
+    (reclaim: idle guaranteed capacity was lent, now its owner needs it), or when it has a
+    lower priority than P; or
+  - of M itself with a lower priority than P.
+
+Candidates are tried in order: already leaving, other members' borrowed work, lowest
+priority, least work lost since the last checkpoint (GPUs x seconds), most recently started.
+A reclaim never takes a member below its nominal quota. After the first set that makes J fit
+(quota and placement both), victims that turn out unnecessary are given back (Kueue's
+"fill back"), so the final set is minimal in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quotas.cycle import CycleState, RunningRecord
+from quotas.placement import Placement, Shape
+from quotas.snapshot import PendingWorkload
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionPlan:
+    """Victims that make room for a job, and where the job will then run."""
+
+    victims: tuple[RunningRecord, ...]
+    placement: Placement
+    freed: dict[int, int]  # node -> GPUs the victims release
+    reclaim: bool
+
+
+def lost_work(record: RunningRecord, now: float) -> float:
+    """GPU-seconds of progress since the victim's last checkpoint (lost if it stops now)."""
+    job = record.job
+    since = job.last_checkpoint_at if job.last_checkpoint_at is not None else job.started_at
+    return job.gpus * max(0.0, now - since)
+
+
+def plan_preemption(
+    state: CycleState,
+    job: PendingWorkload,
+    pool: str,
+    shape: Shape,
+    priority: int,
+    preemptible: bool,
+) -> PreemptionPlan | None:
+    """Find victims in ``pool`` so that ``job`` fits; None when no eligible set exists.
+
+    Leaves the cycle state exactly as it found it.
+    """
+    cfg, now, tree = state.config, state.now, state.tree
+    member = job.member
+    in_nominal = tree.unused_nominal(member, pool) >= shape.gpus
+    candidates: list[tuple[tuple[int, int, int, float, float, str], RunningRecord]] = []
+    for record in state.running[pool]:
+        if record.claimed:
+            continue
+        victim = record.job
+        leaving = victim.preempting_until is not None
+        other = victim.member != member
+        if not leaving:
+            if not record.preemptible or victim.times_preempted >= cfg.max_preemptions:
+                continue
+            if now - victim.started_at < cfg.min_runtime:
+                continue
+            if other:
+                if tree.borrowed(victim.member, pool) <= 0:
+                    continue
+                if not in_nominal and record.priority >= priority:
+                    continue
+            elif record.priority >= priority:
+                continue
+        key = (
+            0 if leaving else 1,
+            0 if other else 1,
+            record.priority,
+            lost_work(record, now),
+            -victim.started_at,
+            victim.job_id,
+        )
+        candidates.append((key, record))
+    if not candidates:
+        return None
+    candidates.sort(key=lambda c: c[0])
+    index = state.index[pool]
+    removed: list[RunningRecord] = []
+    freed: dict[int, int] = {}
+
+    def remove(record: RunningRecord) -> None:
+        tree.add_usage(record.job.member, pool, -record.job.gpus)
+        for i, g in record.placement:
+            freed[i] = freed.get(i, 0) + g
+
+    def restore(record: RunningRecord) -> None:
+        tree.add_usage(record.job.member, pool, record.job.gpus)
+        for i, g in record.placement:
+            freed[i] -= g
+            if freed[i] == 0:
+                del freed[i]
+
+    def fits() -> Placement | None:
+        if tree.available(member, pool) < shape.gpus:
+            return None
+        if not preemptible and tree.usage(member, pool) + shape.gpus > tree.nominal(member, pool):
+            return None
+        return index.place_with_extra(shape, freed)
+
+    placement: Placement | None = None
+    for _, record in candidates:
+        victim = record.job
+        reclaim_only = (
+            victim.preempting_until is None
+            and victim.member != member
+            and record.priority >= priority
+        )
+        # A reclaim stops at the victim member's nominal: below it the work is guaranteed.
+        if reclaim_only and tree.borrowed(victim.member, pool) <= 0:
+            continue
+        remove(record)
+        removed.append(record)
+        placement = fits()
+        if placement is not None:
+            break
+    if placement is None:
+        for record in reversed(removed):
+            restore(record)
+        return None
+    # Fill back: give back victims (newest choice first, the last one is needed) that the job
+    # can do without.
+    for record in reversed(removed[:-1]):
+        restore(record)
+        again = fits()
+        if again is not None:
+            removed.remove(record)
+            placement = again
+        else:
+            remove(record)
+    plan_freed = dict(freed)
+    for record in removed:
+        restore(record)
+    reclaim = in_nominal and any(r.job.member != member for r in removed)
+    return PreemptionPlan(tuple(removed), placement, plan_freed, reclaim)

@@ -1,0 +1,176 @@
+"""Quota arithmetic over the cohort tree (Kueue's hierarchical-cohort model).
+
+For every tree node ``n`` (member or cohort) and pool:
+
+* ``guaranteed(n) = subtree_quota(n) - lending_limit(n)`` when a lending limit is set, else 0:
+  the part of ``n``'s quota nobody outside ``n`` may ever use.
+* ``subtree_quota(cohort) = own nominal + sum(subtree_quota(c) - guaranteed(c))`` over its
+  children: what the cohort's children pool together for sharing.
+* ``usage(cohort) = sum(max(0, usage(c) - guaranteed(c)))``: the children's usage that draws
+  on the shared part.
+* ``available(n) = max(0, guaranteed(n) - usage(n)) + available_from_parent(n)``, where the
+  parent part is capped by ``n``'s borrowing limit; at the root it is
+  ``subtree_quota - usage``.
+
+So a member can never exceed ``nominal + borrowing_limit``, never takes more of another
+member's nominal than that member's lending limit allows, and the cohort never hands out more
+than its members' quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from quotas.snapshot import Cohort, Member, Quota
+
+
+class QuotaTree:
+    """Mutable per-cycle quota state; usage changes as the cycle admits and preempts."""
+
+    def __init__(self, cohorts: Iterable[Cohort], members: Iterable[Member], pools: list[str]):
+        cohorts, members = list(cohorts), list(members)
+        self.pools = pools
+        self._index: dict[str, int] = {}
+        self._parent: list[int] = []
+        self._children: list[list[int]] = []
+        self._quota: list[dict[str, Quota]] = []
+        self._is_member: list[bool] = []
+        self._names: list[str] = []
+        self.member_index: dict[str, int] = {}
+        for cohort in sorted(cohorts, key=lambda c: c.name):
+            self._add(("cohort", cohort.name), dict(cohort.quotas), False)
+        for member in sorted(members, key=lambda m: m.name):
+            self.member_index[member.name] = self._add(
+                ("member", member.name), dict(member.quotas), True
+            )
+        index = self._index
+        for cohort in cohorts:
+            if cohort.parent is not None:
+                self._link(index["cohort:" + cohort.name], index["cohort:" + cohort.parent])
+        for member in members:
+            if member.cohort:
+                self._link(index["member:" + member.name], index["cohort:" + member.cohort])
+        n = len(self._parent)
+        self._subtree: dict[str, list[int]] = {p: [0] * n for p in pools}
+        self._guaranteed: dict[str, list[int]] = {p: [0] * n for p in pools}
+        self._usage: dict[str, list[int]] = {p: [0] * n for p in pools}
+        for pool in pools:
+            for node in self._post_order():
+                self._refresh_quota(node, pool)
+
+    def _add(self, key: tuple[str, str], quotas: dict[str, Quota], is_member: bool) -> int:
+        idx = len(self._parent)
+        self._index[key[0] + ":" + key[1]] = idx
+        self._names.append(key[1])
+        self._parent.append(-1)
+        self._children.append([])
+        self._quota.append(quotas)
+        self._is_member.append(is_member)
+        return idx
+
+    def _link(self, child: int, parent: int) -> None:
+        self._parent[child] = parent
+        self._children[parent].append(child)
+
+    def _post_order(self) -> list[int]:
+        order: list[int] = []
+        roots = [i for i, p in enumerate(self._parent) if p < 0]
+        stack: list[tuple[int, bool]] = [(r, False) for r in reversed(roots)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((c, False) for c in reversed(self._children[node]))
+        return order
+
+    def _refresh_quota(self, node: int, pool: str) -> None:
+        quota = self._quota[node].get(pool)
+        total = quota.nominal if quota else 0
+        for child in self._children[node]:
+            total += self._subtree[pool][child] - self._guaranteed[pool][child]
+        self._subtree[pool][node] = total
+        lending = quota.lending_limit if quota else None
+        self._guaranteed[pool][node] = max(0, total - lending) if lending is not None else 0
+
+    # -- queries -------------------------------------------------------------------------
+
+    def nominal(self, member: str, pool: str) -> int:
+        """The member's nominal (guaranteed) GPUs in the pool."""
+        quota = self._quota[self.member_index[member]].get(pool)
+        return quota.nominal if quota else 0
+
+    def borrowing_limit(self, member: str, pool: str) -> int | None:
+        """The member's borrowing limit in the pool (None = unlimited, also without a quota)."""
+        quota = self._quota[self.member_index[member]].get(pool)
+        return quota.borrowing_limit if quota else None
+
+    def usage(self, member: str, pool: str) -> int:
+        """GPUs the member holds in the pool (running + admitted this cycle)."""
+        return self._usage[pool][self.member_index[member]]
+
+    def unused_nominal(self, member: str, pool: str) -> int:
+        """Nominal GPUs the member does not use right now."""
+        return max(0, self.nominal(member, pool) - self.usage(member, pool))
+
+    def borrowed(self, member: str, pool: str) -> int:
+        """GPUs the member uses above its nominal quota."""
+        return max(0, self.usage(member, pool) - self.nominal(member, pool))
+
+    def available(self, member: str, pool: str) -> int:
+        """GPUs the member may still take in the pool under every limit up the tree."""
+        return max(0, self._available(self.member_index[member], pool))
+
+    def potential(self, member: str, pool: str) -> int:
+        """What the member could take if nobody else used anything (ignores all usage)."""
+        node = self.member_index[member]
+        sub, guar = self._subtree[pool], self._guaranteed[pool]
+        best = sub[node]
+        while self._parent[node] >= 0:
+            parent = self._parent[node]
+            quota = self._quota[node].get(pool)
+            limit = quota.borrowing_limit if quota else None
+            # Climbing one level adds what the parent shares beyond this subtree.
+            extra = sub[parent] - (sub[node] - guar[node])
+            if limit is not None:
+                extra = min(extra, limit)
+            best += max(0, extra)
+            node = parent
+        return best
+
+    def _available(self, node: int, pool: str) -> int:
+        sub, guar, use = self._subtree[pool], self._guaranteed[pool], self._usage[pool]
+        parent = self._parent[node]
+        if parent < 0:
+            return sub[node] - use[node]
+        local = max(0, guar[node] - use[node])
+        from_parent = self._available(parent, pool)
+        quota = self._quota[node].get(pool)
+        limit = quota.borrowing_limit if quota else None
+        if limit is not None:
+            stored = sub[node] - guar[node]
+            used = max(0, use[node] - guar[node])
+            from_parent = min(from_parent, stored - used + limit)
+        return local + from_parent
+
+    # -- updates -------------------------------------------------------------------------
+
+    def add_usage(self, member: str, pool: str, gpus: int) -> None:
+        """Add (or, with negative ``gpus``, remove) usage and propagate it up the tree."""
+        if pool not in self._usage:
+            return
+        node = self.member_index[member]
+        use, guar = self._usage[pool], self._guaranteed[pool]
+        delta = gpus
+        while node >= 0 and delta != 0:
+            before = max(0, use[node] - guar[node])
+            use[node] += delta
+            after = max(0, use[node] - guar[node])
+            delta = after - before  # what the parent sees changes only above guaranteed
+            node = self._parent[node]
+
+    def cohort_of(self, member: str) -> str:
+        """Name of the member's parent cohort ('' for a member without one)."""
+        parent = self._parent[self.member_index[member]]
+        return self._names[parent] if parent >= 0 else ""
