@@ -94,7 +94,7 @@ class UserPublic(Output):
 
 class TokenCreate(Input):
     name: ShortText
-    # Defaults to the caller; a member admin may issue tokens for users of its member.
+    # A user id or email. Defaults to the caller; admins may issue tokens for their users.
     user_id: str | None = None
     scopes: list[str] | None = None
     expires_in_days: int | None = Field(default=90, ge=1, le=730)

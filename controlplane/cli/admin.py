@@ -124,13 +124,17 @@ def tokens_list(as_json: JsonOpt = False) -> None:
 @tokens.command("create")
 def tokens_create(
     name: str,
-    user: Annotated[str | None, typer.Option(help="user id (default: yourself)")] = None,
+    user: Annotated[str | None, typer.Option(help="user id or email (default: yourself)")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="read|write|admin (repeatable)")] = None,
     expires_in_days: Annotated[int, typer.Option(min=1, max=730)] = 90,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the secret")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     body = {"name": name, "user_id": user, "scopes": scope, "expires_in_days": expires_in_days}
     created = call(lambda c: c.create("tokens", body))
+    if quiet:
+        print(created["token"])
+        return
     if as_json:
         emit(created, True)
         return

@@ -56,6 +56,7 @@ def submit(
     max_runtime: Annotated[str | None, typer.Option(help="e.g. 30m, 4h, 2d")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="makes retries safe")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Submit a job from flags or a YAML spec (flags override the file)."""
@@ -77,7 +78,9 @@ def submit(
     if missing:
         fail(f"missing {', '.join(missing)}: give --kind, --model and --gpus, or a --file", code=2)
     job = call(lambda c: c.submit_job(spec, idempotency_key=idempotency_key))
-    if as_json:
+    if quiet:
+        print(job["id"])
+    elif as_json:
         emit(job, True)
     else:
         console.print(
@@ -93,6 +96,7 @@ def list_jobs(
     mine: Annotated[bool, typer.Option("--mine", help="only jobs I submitted")] = False,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     cursor: Annotated[str | None, typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only job ids")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List jobs, newest first."""
@@ -101,6 +105,10 @@ def list_jobs(
             status=status, kind=kind, submitter="me" if mine else None, limit=limit, cursor=cursor
         )
     )
+    if quiet:
+        for job in page["items"]:
+            print(job["id"])
+        return
     emit(page, as_json, JOB_COLUMNS, title="jobs")
 
 

@@ -122,9 +122,10 @@ def list_users(
     session: Session, caller: Principal, limit: int, cursor: str | None, member: str | None
 ) -> tuple[Sequence[User], str | None]:
     stmt = select(User)
+    if member:
+        stmt = stmt.where(User.member_id == lookup.member(session, member, caller).id)
     if caller.reads_all_members:
-        if member:
-            stmt = stmt.where(User.member_id == lookup.member(session, member, caller).id)
+        pass
     elif caller.role is Role.MEMBER_ADMIN:
         stmt = stmt.where(User.member_id == caller.member_id)
     else:
@@ -190,7 +191,11 @@ def create_token(
     session: Session, caller: Principal, body: schemas.TokenCreate, now: datetime
 ) -> tuple[ApiToken, str]:
     caller.require_write()
-    target = _visible_user(session, caller, body.user_id or caller.user_id)
+    ref = body.user_id or caller.user_id
+    if "@" in ref:
+        by_email = session.exec(select(User).where(User.email == ref.lower())).first()
+        ref = by_email.id if by_email else ref
+    target = _visible_user(session, caller, ref)
     if target.id != caller.user_id and not (
         caller.is_platform_admin or caller.role is Role.MEMBER_ADMIN
     ):

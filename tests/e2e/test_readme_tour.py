@@ -1,0 +1,108 @@
+"""The README's tour, run as written against a real `nuri up --demo` (SQLite + local Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(240)]
+
+
+def tour_script() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## A short tour", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def nuri_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "NURI_HOME": str(tmp_path / ".nuri"),
+        "RAY_AUTH_MODE": "disabled",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    env.pop("NURI_DATABASE_URL", None)
+    env.pop("NURI_TOKEN", None)
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "up.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "nuri"), "up", "--demo", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail(f"nuri up exited early:\n{(tmp_path / 'up.log').read_text()}")
+            yield url, env, tmp_path
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_readme_tour_works_as_written(nuri_up: tuple[str, dict[str, str], Path]) -> None:
+    url, env, cwd = nuri_up
+    script = tour_script().replace("http://127.0.0.1:8000", url)
+    assert "nuri admin members create" in script and "curl" in script
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, f"tour failed:\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    # The demo consortium is there, with /docs served.
+    admin = {"Authorization": f"Bearer {(cwd / '.nuri' / 'admin-token').read_text().strip()}"}
+    assert httpx.get(f"{url}/docs", timeout=5).status_code == 200
+    members = httpx.get(f"{url}/v1/members", headers=admin, params={"limit": 100}).json()
+    names = {m["name"] for m in members["items"]}
+    assert {"arirang-telecom", "pacific-research", "jeju-lab"} <= names
+    pools = {p["name"]: p for p in httpx.get(f"{url}/v1/pools", headers=admin).json()["items"]}
+    assert pools["kr-seoul-h200"]["total_gpus"] == 64
+
+    # Both of Minji's jobs exist, were submitted once each and are now cancelled.
+    jobs = httpx.get(f"{url}/v1/jobs", headers=admin, params={"member": "jeju-lab"}).json()
+    by_name = {j["name"]: j for j in jobs["items"]}
+    assert set(by_name) == {"tour-lora", "tour-infer"}
+    assert {j["status"] for j in jobs["items"]} == {"CANCELLED"}
+    assert by_name["tour-lora"]["idempotency_key"] == "tour-lora-1"
+    assert "exceeds_capacity" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1])["code"] == "exceeds_capacity"
