@@ -1,0 +1,364 @@
+"""Property tests (hypothesis) of the engine's invariants over random clusters and queues.
+
+The multi-cycle tests drive the real engine through a tiny world: decisions are applied,
+jobs finish before their max runtime, preempted jobs leave at their grace deadline. So the
+running state is always one the engine itself produced, and the invariants must hold after
+every cycle, not just the first.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quotas import decisions as codes
+from quotas.budgets import headroom_gpu_hours, job_cost_gpu_hours
+from quotas.decisions import Decisions
+from quotas.engine import admit
+from quotas.snapshot import (
+    Budget,
+    Cohort,
+    EngineConfig,
+    Member,
+    Node,
+    PendingWorkload,
+    Pool,
+    PriorityClass,
+    Quota,
+    RunningWorkload,
+    Snapshot,
+)
+
+CLASSES = (
+    PriorityClass("prod", 1000, preemptible=False),
+    PriorityClass("train", 100),
+    PriorityClass("research", 10),
+)
+PROPERTY = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+
+@dataclass
+class World:
+    """A cluster whose running state only ever changes through the engine's decisions."""
+
+    pools: tuple[Pool, ...]
+    nodes: dict[str, Node]
+    members: tuple[Member, ...]
+    config: EngineConfig
+    running: dict[str, RunningWorkload] = field(default_factory=dict)
+    pending: dict[str, PendingWorkload] = field(default_factory=dict)
+    actual: dict[str, float] = field(default_factory=dict)  # job -> actual runtime
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            pools=self.pools,
+            nodes=tuple(self.nodes.values()),
+            cohorts=(Cohort("root"),),
+            members=self.members,
+            priority_classes=CLASSES,
+            running=tuple(self.running.values()),
+            pending=tuple(self.pending.values()),
+            config=self.config,
+        )
+
+    def release(self, job: RunningWorkload) -> None:
+        for name, gpus in job.assignments:
+            node = self.nodes[name]
+            self.nodes[name] = replace(node, free_gpus=node.free_gpus + gpus)
+        del self.running[job.job_id]
+
+    def advance(self, now: float) -> None:
+        for job in list(self.running.values()):
+            if job.preempting_until is not None and job.preempting_until <= now:
+                self.release(job)
+                self.pending[job.job_id] = PendingWorkload(
+                    job.job_id,
+                    job.member,
+                    job.gpus,
+                    job.priority_class,
+                    0.0,
+                    job.max_runtime,
+                    (job.pool,),
+                    times_preempted=job.times_preempted + 1,
+                )
+            elif job.started_at + self.actual[job.job_id] <= now:
+                self.release(job)
+
+    def apply(self, decisions: Decisions, now: float) -> None:
+        for adm in decisions.admitted:
+            job = self.pending.pop(adm.job_id)
+            for name, gpus in adm.assignments:
+                node = self.nodes[name]
+                assert node.pool == adm.pool and node.alive
+                assert gpus <= node.free_gpus, "a node got more GPUs than it had free"
+                self.nodes[name] = replace(node, free_gpus=node.free_gpus - gpus)
+            self.running[job.job_id] = RunningWorkload(
+                job.job_id,
+                job.member,
+                adm.pool,
+                job.priority_class,
+                adm.assignments,
+                now,
+                job.max_runtime,
+                times_preempted=job.times_preempted,
+            )
+        for pre in decisions.preempted:
+            for victim in pre.victims:
+                self.running[victim] = replace(
+                    self.running[victim], preempting_until=pre.grace_deadline
+                )
+
+
+@st.composite
+def worlds(draw: st.DrawFn, whole_nodes: bool = False, preemption: bool = True) -> World:
+    pools = []
+    nodes: dict[str, Node] = {}
+    for p in range(draw(st.integers(1, 2))):
+        per_node = draw(st.sampled_from([4, 8]))
+        name = f"p{p}"
+        pools.append(Pool(name, "H200", per_node))
+        count = draw(st.integers(1, 6))
+        per_domain = draw(st.integers(1, 3))
+        for n in range(count):
+            alive = whole_nodes or draw(st.integers(0, 9)) > 0
+            node = Node(
+                f"{name}-{n}", name, f"{name}-d{n // per_domain}", per_node, per_node, alive
+            )
+            nodes[node.name] = node
+    members = []
+    for m in range(draw(st.integers(1, 4))):
+        quotas = {}
+        for pool in pools:
+            borrow = draw(st.one_of(st.none(), st.integers(0, 16)))
+            lend = None if whole_nodes else draw(st.one_of(st.none(), st.integers(0, 16)))
+            quotas[pool.name] = Quota(draw(st.integers(0, 16)), borrow, lend)
+        budget = None
+        if draw(st.booleans()) and not whole_nodes:
+            budget = Budget(0.0, 1e9, draw(st.floats(0, 200)), draw(st.floats(0, 20)))
+        members.append(Member(f"m{m}", "root", quotas, None, budget, draw(st.floats(0, 1e6))))
+    config = EngineConfig(
+        min_runtime=draw(st.sampled_from([0.0, 300.0])) if preemption else 1e12,
+        grace_period=draw(st.sampled_from([0.0, 60.0])),
+        max_preemptions=draw(st.integers(1, 3)),
+        history_weight=draw(st.floats(0, 1)),
+    )
+    world = World(tuple(pools), nodes, tuple(members), config)
+    for j in range(draw(st.integers(0, 25))):
+        world.pending[f"j{j:02d}"] = draw(jobs(f"j{j:02d}", tuple(pools), members, whole_nodes))
+    return world
+
+
+@st.composite
+def jobs(
+    draw: st.DrawFn, job_id: str, pools: tuple[Pool, ...], members: list[Member], whole: bool
+) -> PendingWorkload:
+    allowed = draw(st.lists(st.sampled_from([p.name for p in pools]), min_size=1, unique=True))
+    per_node = {p.name: p.gpus_per_node for p in pools}[allowed[0]]
+    if whole:
+        gpus = per_node * draw(st.integers(1, 2))
+        allowed = allowed[:1]
+    else:
+        gpus = draw(st.sampled_from([1, 2, 3, 4, 8, 16]))
+    return PendingWorkload(
+        job_id,
+        draw(st.sampled_from([m.name for m in members])),
+        gpus,
+        draw(st.sampled_from([c.name for c in CLASSES])),
+        float(draw(st.integers(0, 100))),
+        float(draw(st.sampled_from([600, 3600, 7200]))),
+        tuple(allowed),
+        same_domain=draw(st.booleans()),
+    )
+
+
+def quota_of(member: Member, pool: str) -> Quota:
+    return member.quotas.get(pool, Quota(0, None, None))
+
+
+def usage(world: World) -> dict[tuple[str, str], int]:
+    used: dict[tuple[str, str], int] = {}
+    for job in world.running.values():
+        key = (job.member, job.pool)
+        used[key] = used.get(key, 0) + job.gpus
+    return used
+
+
+def check_quota_invariants(world: World) -> None:
+    used = usage(world)
+    for pool in world.pools:
+        borrowed = lendable = 0
+        for member in world.members:
+            quota, u = quota_of(member, pool.name), used.get((member.name, pool.name), 0)
+            if quota.borrowing_limit is not None:
+                assert u <= quota.nominal + quota.borrowing_limit, "usage above nominal + limit"
+            borrowed += max(0, u - quota.nominal)
+            lend = quota.nominal if quota.lending_limit is None else quota.lending_limit
+            lendable += min(lend, max(0, quota.nominal - u))
+            non_preemptible = sum(
+                j.gpus
+                for j in world.running.values()
+                if j.member == member.name and j.pool == pool.name and j.priority_class == "prod"
+            )
+            assert non_preemptible <= quota.nominal, "non-preemptible work above nominal"
+        assert borrowed <= lendable, "lent more than the lenders' lending limits allow"
+
+
+def check_gang_and_shape(world: World, decisions: Decisions) -> None:
+    pools = {p.name: p for p in world.pools}
+    for adm in decisions.admitted:
+        job = world.pending[adm.job_id]
+        per_node = pools[adm.pool].gpus_per_node
+        names = [n for n, _ in adm.assignments]
+        assert len(set(names)) == len(names)
+        assert sum(g for _, g in adm.assignments) == job.gpus, "gang must get all its GPUs"
+        if job.gpus > per_node:
+            assert all(g == per_node for _, g in adm.assignments), "multi-node takes whole nodes"
+            if job.same_domain:
+                assert len({world.nodes[n].domain for n in names}) == 1
+        else:
+            assert len(names) == 1
+
+
+def run_cycles(world: World, cycles: int, seed: int) -> None:
+    rng = random.Random(seed)
+    now = 1000.0
+    for _ in range(cycles):
+        snapshot = world.snapshot()
+        decisions = admit(snapshot, now)
+        check_gang_and_shape(world, decisions)
+        check_budget(snapshot, decisions, now)
+        check_explanations(snapshot, decisions)
+        for adm in decisions.admitted:
+            world.actual[adm.job_id] = world.pending[adm.job_id].max_runtime * rng.uniform(0.2, 1)
+        world.apply(decisions, now)
+        check_quota_invariants(world)
+        now += rng.choice([30.0, 300.0, 1800.0])
+        world.advance(now)
+
+
+def check_budget(snapshot: Snapshot, decisions: Decisions, now: float) -> None:
+    pending = {j.job_id: j for j in snapshot.pending}
+    for member in snapshot.members:
+        if member.budget is None:
+            continue
+        mine = [j for j in snapshot.running if j.member == member.name]
+        headroom = headroom_gpu_hours(member.budget, mine, now)
+        spent = sum(
+            job_cost_gpu_hours(pending[a.job_id].gpus, pending[a.job_id].max_runtime)
+            for a in decisions.admitted
+            if pending[a.job_id].member == member.name
+        )
+        assert spent <= max(0.0, headroom) + 1e-6, "admissions overran the budget"
+
+
+def check_explanations(snapshot: Snapshot, decisions: Decisions) -> None:
+    decided = {a.job_id for a in decisions.admitted}
+    waiting = {p.job_id for p in decisions.pending}
+    assert decided | waiting == {j.job_id for j in snapshot.pending}
+    assert not decided & waiting
+    assert sorted(p.position for p in decisions.pending) == list(
+        range(1, len(decisions.pending) + 1)
+    )
+    for p in decisions.pending:
+        assert len(p.reasons) >= 2 and p.reasons[-1].code == codes.QUEUE_POSITION
+        ranks = [codes.REASON_RANK[r.code] for r in p.reasons]
+        assert ranks == sorted(ranks)
+
+
+@PROPERTY
+@given(worlds(), st.integers(0, 1000))
+def test_invariants_hold_over_many_cycles(world: World, seed: int) -> None:
+    """Capacity per node, gang, shape, quota limits, lending, non-preemptible, budget."""
+    run_cycles(world, cycles=6, seed=seed)
+
+
+@PROPERTY
+@given(worlds(), st.randoms(use_true_random=False))
+def test_decisions_are_deterministic_whatever_the_input_order(
+    world: World, rng: random.Random
+) -> None:
+    run_cycles(world, cycles=2, seed=1)
+    snapshot = world.snapshot()
+    shuffled = replace(
+        snapshot,
+        nodes=tuple(rng.sample(snapshot.nodes, len(snapshot.nodes))),
+        members=tuple(rng.sample(snapshot.members, len(snapshot.members))),
+        running=tuple(rng.sample(snapshot.running, len(snapshot.running))),
+        pending=tuple(rng.sample(snapshot.pending, len(snapshot.pending))),
+    )
+    assert admit(shuffled, 5000.0) == admit(snapshot, 5000.0)
+
+
+@PROPERTY
+@given(worlds(preemption=False), st.integers(0, 1000))
+def test_backfill_never_delays_the_reserved_head(world: World, seed: int) -> None:
+    rng = random.Random(seed)
+    now = 1000.0
+    for _ in range(4):
+        snapshot = world.snapshot()
+        decisions = admit(snapshot, now)
+        for adm in decisions.admitted:
+            world.actual[adm.job_id] = world.pending[adm.job_id].max_runtime
+        world.apply(decisions, now)
+        for reservation in decisions.reservations:
+            # Free at the reserved start if everything ends at its declared max runtime,
+            # this cycle's admissions included.
+            free = {n: node.free_gpus for n, node in world.nodes.items()}
+            for job in world.running.values():
+                if job.started_at + job.max_runtime <= reservation.start:
+                    for name, gpus in job.assignments:
+                        free[name] += gpus
+            for name, gpus in reservation.assignments:
+                assert free[name] >= gpus, f"backfill delayed {reservation.job_id} on {name}"
+        now += rng.choice([60.0, 600.0])
+        world.advance(now)
+
+
+@PROPERTY
+@given(worlds(whole_nodes=True), st.data())
+def test_quota_guarantee_in_nominal_job_starts_or_reclaims(
+    world: World, data: st.DataObject
+) -> None:
+    """Whole-node jobs (no fragmentation) and total nominal within capacity: a job that fits
+    its member's unused nominal quota starts now or gets borrowers preempted for it."""
+    pool = world.pools[0]
+    capacity = sum(n.total_gpus for n in world.nodes.values() if n.pool == pool.name)
+    nominal = [quota_of(m, pool.name).nominal for m in world.members]
+    scale = min(1.0, capacity / sum(nominal)) if sum(nominal) else 1.0
+    world.members = tuple(
+        replace(m, quotas={pool.name: replace(quota_of(m, pool.name), nominal=int(n * scale))})
+        for m, n in zip(world.members, nominal, strict=True)
+    )
+    world.pools = (pool,)
+    world.nodes = {k: v for k, v in world.nodes.items() if v.pool == pool.name}
+    world.pending = {
+        k: replace(j, allowed_pools=(pool.name,), gpus=pool.gpus_per_node * (1 + j.gpus // 16))
+        for k, j in world.pending.items()
+    }
+    world.config = replace(world.config, min_runtime=0.0, max_preemptions=1000)
+    run_cycles(world, cycles=3, seed=data.draw(st.integers(0, 100)))
+    # Now one new job from a member with unused nominal quota.
+    used = usage(world)
+    room = {
+        m.name: quota_of(m, pool.name).nominal - used.get((m.name, pool.name), 0)
+        for m in world.members
+    }
+    member = max(room, key=lambda m: (room[m], m))
+    if room[member] < pool.gpus_per_node:
+        return
+    world.pending = {}
+    job = PendingWorkload("vip", member, pool.gpus_per_node, "train", 0.0, 3600.0, (pool.name,))
+    world.pending["vip"] = job
+    decisions = admit(world.snapshot(), 50_000.0)
+    admitted = any(a.job_id == "vip" for a in decisions.admitted)
+    preempted_for = any(p.for_job == "vip" for p in decisions.preempted)
+    waiting = any(
+        p.job_id == "vip" and p.reasons[0].code == codes.WAITING_FOR_PREEMPTION
+        for p in decisions.pending
+    )
+    assert admitted or preempted_for or waiting, decisions
