@@ -98,7 +98,7 @@ def emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str 
     table = Table(title=title or None)
     cols = columns or (list(rows[0].keys()) if rows else ["(none)"])
     for c in cols:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for row in rows:
         table.add_row(*[_cell(row.get(c)) for c in cols])
     console.print(table)

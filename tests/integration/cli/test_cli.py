@@ -1,0 +1,242 @@
+"""The `nuri` CLI against a real server (uvicorn in a thread, SQLite)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from controlplane.cli.main import app
+from controlplane.db.engine import make_engine
+from tests.conftest import ADMIN_TOKEN, make_client
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nuri.db'}")
+    api = make_client(engine).app
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+    engine.dispose()
+
+
+def nuri(url: str, token: str | None, *args: str, config_home: Path | None = None):
+    env = {"NURI_URL": url, "XDG_CONFIG_HOME": str(config_home or "/nonexistent"), "COLUMNS": "250"}
+    env["NURI_TOKEN"] = token or ""
+    return runner.invoke(app, list(args), env=env)
+
+
+def test_admin_and_member_workflow(server: str, tmp_path: Path) -> None:
+    r = nuri(
+        server,
+        ADMIN_TOKEN,
+        "admin",
+        "pools",
+        "create",
+        "kr-test-h100",
+        "--gpu-model",
+        "H100",
+        "--gpu-memory-gib",
+        "80",
+        "--gpus-per-node",
+        "8",
+        "--site",
+        "Daejeon",
+        "--region",
+        "kr-daejeon",
+        "--jurisdiction",
+        "KR",
+        "--node-count",
+        "2",
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        nuri(
+            server,
+            ADMIN_TOKEN,
+            "admin",
+            "members",
+            "create",
+            "jeju-lab",
+            "--display-name",
+            "Jeju Lab",
+        ).exit_code
+        == 0
+    )
+    r = nuri(
+        server,
+        ADMIN_TOKEN,
+        "admin",
+        "quotas",
+        "set",
+        "--member",
+        "jeju-lab",
+        "--pool",
+        "kr-test-h100",
+        "--nominal",
+        "8",
+    )
+    assert r.exit_code == 0, r.output
+    r = nuri(
+        server,
+        ADMIN_TOKEN,
+        "admin",
+        "quotas",
+        "set",
+        "--member",
+        "jeju-lab",
+        "--pool",
+        "kr-test-h100",
+        "--nominal",
+        "16",
+        "--json",
+    )
+    assert r.exit_code == 0 and '"nominal_gpus": 16' in r.output, r.output
+    assert (
+        nuri(
+            server,
+            ADMIN_TOKEN,
+            "admin",
+            "users",
+            "create",
+            "minji@jeju.example",
+            "--name",
+            "Minji",
+            "--member",
+            "jeju-lab",
+        ).exit_code
+        == 0
+    )
+    r = nuri(
+        server,
+        ADMIN_TOKEN,
+        "admin",
+        "tokens",
+        "create",
+        "laptop",
+        "--user",
+        "minji@jeju.example",
+        "-q",
+    )
+    assert r.exit_code == 0, r.output
+    token = r.output.strip()
+    assert token.startswith("nuri_")
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "kind: finetune\nmodel: axk1\ngpus: 16\nname: from-yaml\nallowed_pools: [kr-test-h100]\n"
+    )
+    r = nuri(server, token, "submit", "-f", str(spec), "--max-runtime", "2h", "-q")
+    assert r.exit_code == 0, r.output
+    yaml_job = r.output.strip()
+    r = nuri(
+        server,
+        token,
+        "submit",
+        "--kind",
+        "inference",
+        "--model",
+        "axk1-tiny",
+        "--gpus",
+        "1",
+        "--name",
+        "flags",
+    )
+    assert r.exit_code == 0 and "submitted job_" in r.output, r.output
+
+    r = nuri(server, token, "jobs", "list")
+    assert r.exit_code == 0 and "from-yaml" in r.output and "flags" in r.output
+    r = nuri(server, token, "jobs", "get", yaml_job, "--json")
+    assert '"max_runtime_s": 7200' in r.output and '"nodes": 2' in r.output
+    r = nuri(server, token, "jobs", "cancel", yaml_job, "--reason", "changed my mind")
+    assert r.exit_code == 0 and "CANCELLED" in r.output
+    r = nuri(server, token, "jobs", "events", yaml_job)
+    assert "changed my mind" in r.output
+    r = nuri(server, token, "jobs", "cancel", yaml_job)
+    assert r.exit_code == 1
+    assert "409 invalid_transition" in r.output
+    r = nuri(server, token, "jobs", "list", "--status", "QUEUED", "-q")
+    assert r.output.split() and yaml_job not in r.output
+
+
+def test_login_saves_a_private_config(server: str, tmp_path: Path) -> None:
+    r = runner.invoke(
+        app,
+        ["login", "--url", server, "--token", "nuri_wrong"],
+        env={"XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert r.exit_code == 1 and "401 unauthenticated" in r.output
+    r = runner.invoke(
+        app,
+        ["login", "--url", server, "--token", ADMIN_TOKEN],
+        env={"XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert r.exit_code == 0, r.output
+    cfg = tmp_path / "nuri" / "config.json"
+    assert stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
+    r = runner.invoke(
+        app, ["whoami"], env={"XDG_CONFIG_HOME": str(tmp_path), "NURI_TOKEN": "", "NURI_URL": ""}
+    )
+    assert r.exit_code == 0 and "platform_admin" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["submit", "--kind", "lora"], 2, "missing model, gpus"),
+        (["submit", "-f", "/nonexistent.yaml"], 2, "cannot read"),
+        (
+            ["submit", "--kind", "lora", "--model", "axk1", "--gpus", "1", "--max-runtime", "soon"],
+            2,
+            "duration",
+        ),
+        (
+            ["submit", "--kind", "lora", "--model", "axk1", "--gpus", "9999"],
+            1,
+            "403 member_required",
+        ),
+        (["jobs", "get", "job_nope"], 1, "404 not_found"),
+        (["admin", "members", "create", "Bad Name", "--display-name", "x"], 1, "validation_error"),
+    ],
+)
+def test_errors_are_clear_with_nonzero_exit(
+    server: str, args: list[str], code: int, needle: str
+) -> None:
+    r = nuri(server, ADMIN_TOKEN, *args)
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+
+
+def test_not_logged_in_and_unreachable(tmp_path: Path) -> None:
+    r = runner.invoke(
+        app, ["jobs", "list"], env={"XDG_CONFIG_HOME": str(tmp_path), "NURI_TOKEN": ""}
+    )
+    assert r.exit_code == 2 and "not logged in" in r.output
+    r = nuri("http://127.0.0.1:9", ADMIN_TOKEN, "jobs", "list")
+    assert r.exit_code == 1 and "cannot reach Nuri" in r.output
