@@ -116,6 +116,8 @@ class CycleState:
         # backfill timelines and ETAs see when they release their GPUs.
         self.admitted_ends: dict[str, list[tuple[float, Placement]]] = {p: [] for p in self.pools}
         self.preemption_attempts = 0
+        # Per pool, the running jobs that may be victims, cheapest first (built lazily).
+        self.victims: dict[str, list[RunningRecord]] = {}
 
 
 def _name(obj: Pool | Member) -> str:

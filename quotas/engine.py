@@ -10,7 +10,8 @@ Phases, as in Kueue's scheduler:
    fits in its member's unused nominal quota (no borrowing) or needs to borrow.
 4. **Order** -- a tournament over member queues: heads that fit in nominal quota first (by
    priority, then submit time); then borrowing heads by their member's fair-share score. A
-   member's key is recomputed lazily when it wins, since admissions only make keys worse.
+   member's key depends only on its own usage, which changes only when its own head is
+   served, so keys never go stale in the heap.
 5. **Admit** -- optimistically reserve the winner's quota, budget and GPUs in the working
    copy; if nothing fits, try preemption (reclaim or priority), else hold a backfill
    reservation for it; everything else that waits gets ranked reasons, position and ETA.
@@ -33,16 +34,19 @@ from quotas.budgets import job_cost_gpu_hours
 from quotas.cycle import CycleState
 from quotas.decisions import Admit, Decisions, Pending, Preempt, Reason, Reservation
 from quotas.explain import (
+    CAPACITY,
+    NOMINAL_ONLY,
+    QUOTA,
+    Deferred,
     PendingRecord,
-    capacity_reason,
+    ReasonWriter,
     estimate_etas,
-    quota_reason,
     rank,
     relative,
 )
 from quotas.placement import Placement, Shape, describe_shape, shape_for
 from quotas.preemption import plan_preemption
-from quotas.snapshot import PendingWorkload, Snapshot, validate
+from quotas.snapshot import PendingWorkload, Pool, Snapshot, validate
 
 __all__ = ["admit"]
 
@@ -80,7 +84,7 @@ def admit(snapshot: Snapshot, now: float) -> Decisions:
         cycle.run_tournament(heads, cycle.drf_key, cycle.try_greedy)
     else:
         cycle.run_tournament(heads, cycle.nuri_key, cycle.try_nuri)
-    cycle.waiting.extend(invalid)
+    cycle.waiting.extend(sorted(invalid, key=lambda r: r.job.job_id))
     return cycle.decisions()
 
 
@@ -90,7 +94,9 @@ def _heads(snapshot: Snapshot) -> tuple[list[_Head], list[PendingRecord]]:
     members = {m.name for m in snapshot.members}
     heads: list[_Head] = []
     invalid: list[PendingRecord] = []
-    for job in sorted(snapshot.pending, key=lambda j: j.job_id):
+    shape_cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]] = {}
+    # No sort needed: member queues sort on a total order ending in the job id.
+    for job in snapshot.pending:
         pclass = classes.get(job.priority_class)
         problem = None
         if job.member not in members:
@@ -111,9 +117,21 @@ def _heads(snapshot: Snapshot) -> tuple[list[_Head], list[PendingRecord]]:
             )
             invalid.append(PendingRecord(job, [reason], None, None, True))
             continue
-        shapes = tuple((p, shape_for(job, pools[p])) for p in known)
+        shapes = tuple(_shape(shape_cache, job, pools[p]) for p in known)
         heads.append(_Head(job, pclass.value, pclass.preemptible, shapes))
     return heads, invalid
+
+
+def _shape(
+    cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]],
+    job: PendingWorkload,
+    pool: Pool,
+) -> tuple[str, Shape | None]:
+    key = (pool.name, job.gpus, job.nodes, job.same_domain)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = (pool.name, shape_for(job, pool))
+    return found
 
 
 TournamentKey = tuple[int, float, int, float, str]
@@ -132,6 +150,12 @@ class _Cycle:
         self.reserved: list[Reservation] = []
         self.waiting: list[PendingRecord] = []
         self._failed_preemptions: set[tuple[str, str, int, Shape, bool]] = set()
+        # Smallest request the quota tree refused per (member, pool): availability only
+        # shrinks during a cycle, so anything as large is refused too.
+        self._quota_refused: dict[tuple[str, str], int] = {}
+        self._fifo_reasons: dict[str, Reason] = {}
+        self._ever_cache: dict[tuple[str, Shape], bool] = {}
+        self._no_shadow: set[tuple[str, Shape]] = set()
 
     # -- 4. order ------------------------------------------------------------------------
 
@@ -165,12 +189,8 @@ class _Cycle:
         heap = [(key_of(q[-1]), member) for member, q in queues.items()]
         heapq.heapify(heap)
         while heap:
-            key, member = heapq.heappop(heap)
+            _, member = heapq.heappop(heap)
             queue = queues[member]
-            fresh = key_of(queue[-1])
-            if fresh != key:
-                heapq.heappush(heap, (fresh, member))
-                continue
             try_head(queue.pop())
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
@@ -187,10 +207,12 @@ class _Cycle:
             open_pools = [(p, s) for p, s in usable if p not in blocked]
             if not open_pools:
                 pool = usable[0][0]
-                reason = Reason(
-                    codes.BLOCKED_BY_HEAD,
-                    f"FIFO: job {blocked[pool]} ahead of it in {pool} is waiting for GPUs",
-                )
+                reason = self._fifo_reasons.get(pool)
+                if reason is None:
+                    reason = self._fifo_reasons[pool] = Reason(
+                        codes.BLOCKED_BY_HEAD,
+                        f"FIFO: job {blocked[pool]} ahead of it in {pool} is waiting for GPUs",
+                    )
                 self.waiting.append(PendingRecord(job, [reason], pool))
                 continue
             if not self._greedy(head, open_pools):
@@ -209,15 +231,14 @@ class _Cycle:
 
     def _greedy(self, head: _Head, usable: list[tuple[str, Shape]]) -> bool:
         state = self.state
-        end = state.now + head.job.max_runtime
-        reasons: list[Reason] = []
+        reasons: list[Reason | Deferred] = []
         for pool, shape in usable:
             placement = state.index[pool].place(shape)
             if placement is not None:
                 self._admit(head, pool, placement, False)
                 return True
             if self.explain:
-                reasons.append(capacity_reason(state.index[pool], shape, end, state))
+                reasons.append((CAPACITY, "", pool, shape, False))
         self.waiting.append(PendingRecord(head.job, reasons, usable[0][0]))
         return False
 
@@ -225,7 +246,8 @@ class _Cycle:
         """Admit in nominal, else borrowing, else preempt, else hold a reservation, else wait."""
         state, job = self.state, head.job
         tree, member, explain = state.tree, job.member, self.explain
-        reasons: list[Reason] = []
+        refused = self._quota_refused
+        reasons: list[Reason | Deferred] = []
         if member in state.headroom:
             cost = job_cost_gpu_hours(job.gpus, job.max_runtime)
             left = state.headroom[member]
@@ -248,30 +270,33 @@ class _Cycle:
                 if explain:
                     reasons.append(self._shape_reason(head, pool, shape))
                 continue
-            first_pool = first_pool or pool
+            if first_pool is None:
+                first_pool = pool
             gpus = shape.gpus
             in_nominal = tree.unused_nominal(member, pool) >= gpus
             if not head.preemptible and not in_nominal:
                 if explain:
-                    used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
-                    reasons.append(
-                        Reason(
-                            codes.NON_PREEMPTIBLE_OVER_NOMINAL,
-                            f"non-preemptible jobs run only inside nominal quota: member "
-                            f"{member} uses {used}/{nominal} in {pool}; needs {gpus}",
-                        )
-                    )
+                    reasons.append((NOMINAL_ONLY, member, pool, shape, False))
                 blocked.append((pool, shape, False, False))
                 continue
-            if tree.available(member, pool) < gpus:
+            memo = (member, pool)
+            if gpus >= refused.get(memo, 1 << 30) or tree.available(member, pool) < gpus:
+                refused[memo] = min(gpus, refused.get(memo, 1 << 30))
                 if explain:
-                    reasons.append(quota_reason(state, job, pool, gpus))
+                    reasons.append((QUOTA, member, pool, shape, False))
                 blocked.append((pool, shape, in_nominal, False))
                 continue
             placement = place_backfill(state, pool, shape, end)
             if placement is None:
                 if explain:
-                    reasons.append(capacity_reason(state.index[pool], shape, end, state))
+                    # Decided now: a later backfill may use the held GPUs up.
+                    reservation = state.reservations.get(pool)
+                    held_back = (
+                        reservation is not None
+                        and end > reservation.start
+                        and state.index[pool].place_with_extra(shape, reservation.held) is not None
+                    )
+                    reasons.append((CAPACITY, "", pool, shape, held_back))
                 blocked.append((pool, shape, in_nominal, True))
                 continue
             if in_nominal:
@@ -286,15 +311,20 @@ class _Cycle:
             self.waiting.append(PendingRecord(job, reasons, None, None, True))
             return
         # Preemption: pools where the job is guaranteed (reclaim) first.
-        for pool, shape, _, _ in sorted(blocked, key=lambda b: not b[2]):
-            if self._try_preemption(head, pool, shape, reasons):
-                return
+        for guaranteed_first in (True, False):
+            for pool, shape, in_nominal, _ in blocked:
+                if in_nominal is guaranteed_first and self._try_preemption(
+                    head, pool, shape, reasons
+                ):
+                    return
         record = PendingRecord(job, reasons, first_pool)
         if state.config.backfill:
             self._try_reservation(head, blocked, record)
         self.waiting.append(record)
 
-    def _try_preemption(self, head: _Head, pool: str, shape: Shape, reasons: list[Reason]) -> bool:
+    def _try_preemption(
+        self, head: _Head, pool: str, shape: Shape, reasons: list[Reason | Deferred]
+    ) -> bool:
         state, job = self.state, head.job
         if pool in state.reservations:
             return False  # the reserved head is ahead of this job; never undercut it
@@ -354,10 +384,12 @@ class _Cycle:
         state = self.state
         best: tuple[float, str, tuple[float, Placement, dict[int, int]]] | None = None
         for pool, shape, _, quota_ok in blocked:
-            if not quota_ok or pool in state.reservations:
+            if not quota_ok or pool in state.reservations or (pool, shape) in self._no_shadow:
                 continue
             found = shadow_start(state.index[pool], shape, release_timeline(state, pool))
-            if found is not None and (best is None or found[0] < best[0]):
+            if found is None:
+                self._no_shadow.add((pool, shape))
+            elif best is None or found[0] < best[0]:
                 best = (found[0], pool, found)
         if best is None:
             return
@@ -384,7 +416,11 @@ class _Cycle:
     # -- explanations ----------------------------------------------------------------------
 
     def _ever(self, pool: str, shape: Shape) -> bool:
-        return self.state.index[pool].can_ever_fit(shape)
+        key = (pool, shape)
+        found = self._ever_cache.get(key)
+        if found is None:
+            found = self._ever_cache[key] = self.state.index[pool].can_ever_fit(shape)
+        return found
 
     def _shape_reason(self, head: _Head, pool: str, shape: Shape | None) -> Reason:
         info = self.state.pools[pool]
@@ -402,23 +438,32 @@ class _Cycle:
         )
 
     def _never_fits(self, head: _Head) -> PendingRecord:
-        reasons = [self._shape_reason(head, p, s) for p, s in head.shapes] if self.explain else []
+        reasons: list[Reason | Deferred] = []
+        if self.explain:
+            reasons.extend(self._shape_reason(head, p, s) for p, s in head.shapes)
         return PendingRecord(head.job, reasons, None, None, True)
 
     def decisions(self) -> Decisions:
         """Assemble the cycle's decisions (explanations only when configured)."""
         pending: tuple[Pending, ...] = ()
         if self.explain:
+            writer = ReasonWriter(self.state)
             etas = estimate_etas(self.state, self.waiting)
             nuri = self.state.config.policy == "nuri"
+            fair, total = self.state.fair, len(self.waiting)
+            # Many jobs wait for the same reasons: rank each distinct list once.
+            ranked: dict[tuple[Reason | Deferred, ...], tuple[Reason, ...]] = {}
             items = []
             for position, (record, eta) in enumerate(zip(self.waiting, etas, strict=True), 1):
-                reasons = rank(record.reasons)
-                text = f"position {position} of {len(self.waiting)} waiting jobs"
+                key = tuple(record.reasons)
+                reasons = ranked.get(key)
+                if reasons is None:
+                    reasons = ranked[key] = tuple(rank(writer.write(r) for r in key))
+                text = f"position {position} of {total} waiting jobs"
                 if nuri:
-                    score = self.state.fair.score(record.job.member)
-                    text += f"; member {record.job.member} fair-share score {score:.2f}"
-                reasons.append(Reason(codes.QUEUE_POSITION, text))
-                items.append(Pending(record.job.job_id, tuple(reasons), position, eta))
+                    member = record.job.member
+                    text += f"; member {member} fair-share score {fair.score(member):.2f}"
+                where = Reason(codes.QUEUE_POSITION, text)
+                items.append(Pending(record.job.job_id, (*reasons, where), position, eta))
             pending = tuple(items)
         return Decisions(tuple(self.admitted), tuple(self.preempted), pending, tuple(self.reserved))

@@ -21,8 +21,16 @@ from dataclasses import dataclass
 from quotas import decisions as codes
 from quotas.cycle import CycleState
 from quotas.decisions import Reason
-from quotas.placement import PoolIndex, Shape, describe_shape
+from quotas.placement import Shape, describe_shape
 from quotas.snapshot import PendingWorkload
+
+# A reason whose message is written at the end of the cycle, from the final state (free GPUs
+# and quota usage only shrink during a cycle, so what blocked the job still blocks it then).
+# Many jobs share one, so it is formatted once: (kind, member, pool, shape, flag).
+Deferred = tuple[str, str, str, Shape, bool]
+QUOTA = "quota"
+NOMINAL_ONLY = "nominal_only"
+CAPACITY = "capacity"
 
 
 @dataclass(slots=True)
@@ -30,7 +38,7 @@ class PendingRecord:
     """A job that stays pending this cycle, with what the engine learned about it."""
 
     job: PendingWorkload
-    reasons: list[Reason]
+    reasons: list[Reason | Deferred]
     eta_pool: str | None  # pool whose queue the ETA estimate uses
     eta: float | None = None  # fixed ETA (reservation, preemption, budget) when known
     no_eta: bool = False  # never fits / invalid: no estimate
@@ -48,32 +56,67 @@ def relative(when: float, now: float) -> str:
     return f"in {seconds / 86400:.1f}d"
 
 
-def capacity_reason(index: PoolIndex, shape: Shape, end: float, state: CycleState) -> Reason:
-    """Why ``shape`` does not fit in the pool right now (capacity, fragmentation, reservation)."""
+class ReasonWriter:
+    """Formats deferred reasons from the cycle's final state, each distinct one once."""
+
+    def __init__(self, state: CycleState):
+        self.state = state
+        self._cache: dict[Deferred, Reason] = {}
+
+    def write(self, item: Reason | Deferred) -> Reason:
+        """The human-readable reason for a recorded one."""
+        if isinstance(item, Reason):
+            return item
+        found = self._cache.get(item)
+        if found is None:
+            found = self._cache[item] = self._make(item)
+        return found
+
+    def _make(self, item: Deferred) -> Reason:
+        kind, member, pool, shape, flag = item
+        state = self.state
+        if kind == QUOTA:
+            return quota_reason(state, member, pool, shape.gpus)
+        if kind == NOMINAL_ONLY:
+            tree = state.tree
+            used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
+            return Reason(
+                codes.NON_PREEMPTIBLE_OVER_NOMINAL,
+                f"non-preemptible jobs run only inside nominal quota: member {member} uses "
+                f"{used}/{nominal} in {pool}; needs {shape.gpus}",
+            )
+        return capacity_reason(state, pool, shape, flag)
+
+
+def capacity_reason(state: CycleState, pool_name: str, shape: Shape, held_back: bool) -> Reason:
+    """Why ``shape`` does not fit in the pool: capacity, fragmentation, or -- ``held_back``,
+    decided when the job was tried -- GPUs held for a reservation the job would outlast."""
+    index = state.index[pool_name]
     pool = index.pool
-    reservation = state.reservations.get(pool.name)
-    if reservation is not None and index.place_with_extra(shape, reservation.held) is not None:
+    reservation = state.reservations.get(pool_name)
+    if held_back and reservation is not None:
         return Reason(
             codes.RESERVED_FOR_HEAD,
             f"GPUs in {pool.name} are held for job {reservation.job_id}, which starts "
             f"{relative(reservation.start, state.now)}; this job's max runtime would delay it",
         )
     need = describe_shape(shape, pool)
-    if index.free_total >= shape.gpus:
+    # GPUs held for a reservation are idle: count them as free in what people read.
+    free = index.free_total + (sum(reservation.held.values()) if reservation else 0)
+    if free >= shape.gpus:
         return Reason(
             codes.FRAGMENTED,
-            f"needs {need}; {index.free_total} GPUs free in {pool.name} across "
-            f"{index.free_nodes()} nodes, but none fits the shape",
+            f"needs {need}; {free} GPUs free in {pool.name}, but no set of nodes fits the shape",
         )
     return Reason(
         codes.INSUFFICIENT_CAPACITY,
-        f"needs {need}; {index.free_total} of {index.capacity} GPUs free in {pool.name}",
+        f"needs {need}; {free} of {index.capacity} GPUs free in {pool.name}",
     )
 
 
-def quota_reason(state: CycleState, job: PendingWorkload, pool: str, gpus: int) -> Reason:
-    """Why the quota tree refuses ``gpus`` more GPUs for the job's member in ``pool``."""
-    tree, member = state.tree, job.member
+def quota_reason(state: CycleState, member: str, pool: str, gpus: int) -> Reason:
+    """Why the quota tree refuses ``gpus`` more GPUs for ``member`` in ``pool``."""
+    tree = state.tree
     used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
     limit = tree.borrowing_limit(member, pool)
     limit_text = "unlimited" if limit is None else str(limit)
@@ -93,6 +136,9 @@ def quota_reason(state: CycleState, job: PendingWorkload, pool: str, gpus: int) 
 
 def rank(reasons: Iterable[Reason]) -> list[Reason]:
     """Distinct reasons by code (first message wins), most fundamental first."""
+    reasons = list(reasons)
+    if len(reasons) < 2:
+        return reasons
     seen: dict[str, Reason] = {}
     for reason in reasons:
         seen.setdefault(reason.code, reason)

@@ -20,26 +20,26 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from quotas.snapshot import Node, PendingWorkload, Pool
 
 Placement = list[tuple[int, int]]  # (node index in the pool, GPUs)
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """How a job lands on a pool: ``nodes`` x ``gpus_per_node``; ``whole`` = exclusive nodes."""
+class Shape(NamedTuple):
+    """How a job lands on a pool: ``nodes`` x ``gpus_per_node`` (= ``gpus``); ``whole`` =
+    exclusive nodes. A named tuple because the cycle hashes shapes in its memos."""
 
     nodes: int
     gpus_per_node: int
+    gpus: int
     whole: bool
     same_domain: bool
 
-    @property
-    def gpus(self) -> int:
-        """GPUs the shape takes in total."""
-        return self.nodes * self.gpus_per_node
+
+def _shape(nodes: int, per_node: int, whole: bool, same_domain: bool) -> Shape:
+    return Shape(nodes, per_node, nodes * per_node, whole, same_domain)
 
 
 def shape_for(job: PendingWorkload, pool: Pool) -> Shape | None:
@@ -49,13 +49,13 @@ def shape_for(job: PendingWorkload, pool: Pool) -> Shape | None:
         return None
     if job.nodes is None or job.nodes == 1:
         if job.gpus <= per_node:
-            return Shape(1, job.gpus, job.gpus == per_node, False)
+            return _shape(1, job.gpus, job.gpus == per_node, False)
         if job.nodes == 1 or job.gpus % per_node:
             return None
-        return Shape(job.gpus // per_node, per_node, True, job.same_domain)
+        return _shape(job.gpus // per_node, per_node, True, job.same_domain)
     if job.nodes < 1 or job.gpus != job.nodes * per_node:
         return None
-    return Shape(job.nodes, per_node, True, job.same_domain)
+    return _shape(job.nodes, per_node, True, job.same_domain)
 
 
 def describe_shape(shape: Shape, pool: Pool) -> str:

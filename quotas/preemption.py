@@ -43,6 +43,34 @@ def lost_work(record: RunningRecord, now: float) -> float:
     return job.gpus * max(0.0, now - since)
 
 
+def eligible_victims(state: CycleState, pool: str) -> list[RunningRecord]:
+    """Running jobs of ``pool`` that may ever be victims this cycle, cheapest first.
+
+    Computed once per pool and cycle: already leaving, or preemptible, past the minimum
+    runtime and not yet protected by too many preemptions; sorted by priority, work lost
+    since the last checkpoint, most recent start, id.
+    """
+    found = state.victims.get(pool)
+    if found is not None:
+        return found
+    cfg, now = state.config, state.now
+    keyed = []
+    for record in state.running[pool]:
+        victim = record.job
+        leaving = victim.preempting_until is not None
+        if not leaving and (
+            not record.preemptible
+            or victim.times_preempted >= cfg.max_preemptions
+            or now - victim.started_at < cfg.min_runtime
+        ):
+            continue
+        key = (record.priority, lost_work(record, now), -victim.started_at, victim.job_id)
+        keyed.append((key, record))
+    keyed.sort(key=lambda item: item[0])
+    found = state.victims[pool] = [record for _, record in keyed]
+    return found
+
+
 def plan_preemption(
     state: CycleState,
     job: PendingWorkload,
@@ -55,40 +83,29 @@ def plan_preemption(
 
     Leaves the cycle state exactly as it found it.
     """
-    cfg, now, tree = state.config, state.now, state.tree
+    tree = state.tree
     member = job.member
     in_nominal = tree.unused_nominal(member, pool) >= shape.gpus
-    candidates: list[tuple[tuple[int, int, int, float, float, str], RunningRecord]] = []
-    for record in state.running[pool]:
+    # Stable partition of the pool's pre-sorted candidates: leaving, other members', own.
+    leaving: list[RunningRecord] = []
+    others: list[RunningRecord] = []
+    own: list[RunningRecord] = []
+    for record in eligible_victims(state, pool):
         if record.claimed:
             continue
         victim = record.job
-        leaving = victim.preempting_until is not None
-        other = victim.member != member
-        if not leaving:
-            if not record.preemptible or victim.times_preempted >= cfg.max_preemptions:
-                continue
-            if now - victim.started_at < cfg.min_runtime:
-                continue
-            if other:
-                if tree.borrowed(victim.member, pool) <= 0:
-                    continue
-                if not in_nominal and record.priority >= priority:
-                    continue
-            elif record.priority >= priority:
-                continue
-        key = (
-            0 if leaving else 1,
-            0 if other else 1,
-            record.priority,
-            lost_work(record, now),
-            -victim.started_at,
-            victim.job_id,
-        )
-        candidates.append((key, record))
+        if victim.preempting_until is not None:
+            leaving.append(record)
+        elif victim.member != member:
+            if tree.borrowed(victim.member, pool) > 0 and (
+                in_nominal or record.priority < priority
+            ):
+                others.append(record)
+        elif record.priority < priority:
+            own.append(record)
+    candidates = leaving + others + own
     if not candidates:
         return None
-    candidates.sort(key=lambda c: c[0])
     index = state.index[pool]
     removed: list[RunningRecord] = []
     freed: dict[int, int] = {}
@@ -113,7 +130,7 @@ def plan_preemption(
         return index.place_with_extra(shape, freed)
 
     placement: Placement | None = None
-    for _, record in candidates:
+    for record in candidates:
         victim = record.job
         reclaim_only = (
             victim.preempting_until is None

@@ -57,6 +57,10 @@ class QuotaTree:
         for pool in pools:
             for node in self._post_order():
                 self._refresh_quota(node, pool)
+        # Flat per-pool nominal arrays: the hot path of a cycle reads them for every head.
+        self._nominal: dict[str, list[int]] = {
+            p: [q[p].nominal if p in q else 0 for q in self._quota] for p in pools
+        }
 
     def _add(self, key: tuple[str, str], quotas: dict[str, Quota], is_member: bool) -> int:
         idx = len(self._parent)
@@ -98,8 +102,7 @@ class QuotaTree:
 
     def nominal(self, member: str, pool: str) -> int:
         """The member's nominal (guaranteed) GPUs in the pool."""
-        quota = self._quota[self.member_index[member]].get(pool)
-        return quota.nominal if quota else 0
+        return self._nominal[pool][self.member_index[member]]
 
     def borrowing_limit(self, member: str, pool: str) -> int | None:
         """The member's borrowing limit in the pool (None = unlimited, also without a quota)."""
@@ -112,7 +115,8 @@ class QuotaTree:
 
     def unused_nominal(self, member: str, pool: str) -> int:
         """Nominal GPUs the member does not use right now."""
-        return max(0, self.nominal(member, pool) - self.usage(member, pool))
+        i = self.member_index[member]
+        return max(0, self._nominal[pool][i] - self._usage[pool][i])
 
     def borrowed(self, member: str, pool: str) -> int:
         """GPUs the member uses above its nominal quota."""

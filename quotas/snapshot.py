@@ -205,7 +205,7 @@ class EngineConfig:
     history_weight: float = 0.5
     backfill: bool = True
     explain: bool = True
-    max_preemption_attempts: int = 64
+    max_preemption_attempts: int = 16
 
 
 @dataclass(frozen=True, slots=True)
