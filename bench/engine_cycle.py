@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quotas import (  # noqa: E402
+from quotas import (
     Budget,
     Cohort,
     EngineConfig,
@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(
-        f"{'pending':>8} {'admitted':>9} {'preempt':>8} {'median ms':>10} {'min ms':>8} {'max ms':>8}"
+        f"{'pending':>8} {'admitted':>9} {'preempt':>8} {'median ms':>10} "
+        f"{'min ms':>8} {'max ms':>8}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         snapshot = build(size)

@@ -8,11 +8,15 @@ candidates, and backfill reservations. Building it is O(nodes + running + member
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from quotas.budgets import committed_gpu_hours
 from quotas.fair_share import FairShare
 from quotas.placement import Placement, PoolIndex
 from quotas.quota_tree import QuotaTree
+
+if TYPE_CHECKING:
+    from quotas.preemption import VictimFloor
 from quotas.snapshot import (
     EngineConfig,
     Member,
@@ -80,13 +84,15 @@ class CycleState:
         )
         self.running: dict[str, list[RunningRecord]] = {p: [] for p in self.pools}
         running_by_member: dict[str, list[RunningWorkload]] = {}
-        for job in sorted(snapshot.running, key=lambda j: j.job_id):
+        used: dict[tuple[str, str], int] = {}
+        classes = self.classes
+        for job in sorted(snapshot.running, key=_job_id):
             running_by_member.setdefault(job.member, []).append(job)
             if job.pool not in self.pools:
                 continue
-            idx = self.index[job.pool]
-            placement = [(idx.position[n], g) for n, g in job.assignments if n in idx.position]
-            pclass = self.classes.get(job.priority_class)
+            position = self.index[job.pool].position
+            placement = [(position[n], g) for n, g in job.assignments if n in position]
+            pclass = classes.get(job.priority_class)
             end = job.preempting_until
             if end is None:
                 end = max(now, job.started_at + job.max_runtime)
@@ -99,9 +105,12 @@ class CycleState:
                     end,
                 )
             )
-            if job.member in self.tree.member_index:
-                self.tree.add_usage(job.member, job.pool, job.gpus)
-                self.fair.add(job.member, job.pool, job.gpus)
+            key = (job.member, job.pool)
+            used[key] = used.get(key, 0) + sum(g for _, g in job.assignments)
+        for (who, pool), gpus in sorted(used.items()):
+            if who in self.tree.member_index:
+                self.tree.add_usage(who, pool, gpus)
+                self.fair.add(who, pool, gpus)
         # Budget headroom only for members with a budget; others are unlimited.
         self.headroom: dict[str, float] = {}
         for member in self.members.values():
@@ -118,7 +127,12 @@ class CycleState:
         self.preemption_attempts = 0
         # Per pool, the running jobs that may be victims, cheapest first (built lazily).
         self.victims: dict[str, list[RunningRecord]] = {}
+        self.victim_floors: dict[str, VictimFloor] = {}
 
 
 def _name(obj: Pool | Member) -> str:
     return obj.name
+
+
+def _job_id(job: RunningWorkload) -> str:
+    return job.job_id

@@ -45,7 +45,7 @@ from quotas.explain import (
     relative,
 )
 from quotas.placement import Placement, Shape, describe_shape, shape_for
-from quotas.preemption import plan_preemption
+from quotas.preemption import plan_preemption, victim_floor
 from quotas.snapshot import PendingWorkload, Pool, Snapshot, validate
 
 __all__ = ["admit"]
@@ -156,6 +156,7 @@ class _Cycle:
         self._fifo_reasons: dict[str, Reason] = {}
         self._ever_cache: dict[tuple[str, Shape], bool] = {}
         self._no_shadow: set[tuple[str, Shape]] = set()
+        self._failed_heads: dict[tuple[object, ...], PendingRecord] = {}
 
     # -- 4. order ------------------------------------------------------------------------
 
@@ -188,12 +189,45 @@ class _Cycle:
             queue.reverse()  # pop() from the end is O(1)
         heap = [(key_of(q[-1]), member) for member, q in queues.items()]
         heapq.heapify(heap)
+        top_priority = max((h.priority for h in heads), default=0)
         while heap:
-            _, member = heapq.heappop(heap)
+            key, member = heapq.heappop(heap)
+            if not self.explain and self._nothing_left_to_decide(key, top_priority):
+                break
             queue = queues[member]
             try_head(queue.pop())
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
+
+    def _nothing_left_to_decide(self, key: TournamentKey, top_priority: int) -> bool:
+        """True when no remaining head can be admitted, preempt or reserve (exactly).
+
+        Only used without explanations (the simulator), where waiting jobs produce no
+        output: then the decisions are the same as if every head had been tried. Every GPU
+        is taken (nothing to admit), every pool already holds its one reservation, and
+        either the preemption searches are used up or -- past the in-nominal heads, which
+        could reclaim -- no remaining head outranks any possible victim.
+        """
+        state = self.state
+        for name, index in state.index.items():
+            if index.free_total > 0:
+                return False
+            reservation = state.reservations.get(name)
+            if reservation is not None and reservation.held:
+                return False
+            if reservation is None and state.config.backfill and state.config.policy == "nuri":
+                return False
+        if state.config.policy != "nuri":
+            return True
+        if state.preemption_attempts >= state.config.max_preemption_attempts:
+            return True
+        if key[0] == 0:
+            return False
+        for name in state.index:
+            floor = victim_floor(state, name)
+            if floor.leaving or top_priority > floor.priority:
+                return False
+        return True
 
     def run_fifo(self, heads: list[_Head]) -> None:
         """One queue in submit order; a blocked job blocks its pools for everyone after it."""
@@ -262,6 +296,14 @@ class _Cycle:
                 self.waiting.append(PendingRecord(job, [reason], None, eta, True))
                 return
         end = state.now + job.max_runtime
+        # A head like one that already failed everything this cycle fails too: quota, free
+        # GPUs and budget only shrink, reservations and failed searches persist. "Like" means
+        # same member, priority and shapes, and the same side of every reservation's start.
+        signature = self._signature(head, end)
+        failed = self._failed_heads.get(signature)
+        if failed is not None:
+            self.waiting.append(PendingRecord(job, failed.reasons, failed.eta_pool))
+            return
         borrow_fit: tuple[str, Placement] | None = None
         blocked: list[tuple[str, Shape, bool, bool]] = []  # pool, shape, in nominal, quota ok
         first_pool: str | None = None
@@ -318,9 +360,17 @@ class _Cycle:
                 ):
                     return
         record = PendingRecord(job, reasons, first_pool)
-        if state.config.backfill:
-            self._try_reservation(head, blocked, record)
+        if not (state.config.backfill and self._try_reservation(head, blocked, record)):
+            self._failed_heads[signature] = record
         self.waiting.append(record)
+
+    def _signature(self, head: _Head, end: float) -> tuple[object, ...]:
+        reservations = self.state.reservations
+        sides = tuple(
+            reservations[pool].start >= end if pool in reservations else None
+            for pool, _ in head.shapes
+        )
+        return (head.job.member, head.priority, head.preemptible, head.shapes, sides)
 
     def _try_preemption(
         self, head: _Head, pool: str, shape: Shape, reasons: list[Reason | Deferred]
@@ -380,7 +430,7 @@ class _Cycle:
 
     def _try_reservation(
         self, head: _Head, blocked: list[tuple[str, Shape, bool, bool]], record: PendingRecord
-    ) -> None:
+    ) -> bool:
         state = self.state
         best: tuple[float, str, tuple[float, Placement, dict[int, int]]] | None = None
         for pool, shape, _, quota_ok in blocked:
@@ -392,13 +442,14 @@ class _Cycle:
             elif best is None or found[0] < best[0]:
                 best = (found[0], pool, found)
         if best is None:
-            return
+            return False
         _, pool, found = best
         reservation = hold(state, pool, head.job.job_id, found)
         names = state.index[pool].names_of(reservation.placement)
         self.reserved.append(Reservation(head.job.job_id, pool, reservation.start, names))
         record.eta = reservation.start
         record.eta_pool = pool
+        return True
 
     def _admit(self, head: _Head, pool: str, placement: Placement, borrowing: bool) -> None:
         state, job = self.state, head.job

@@ -71,6 +71,26 @@ def eligible_victims(state: CycleState, pool: str) -> list[RunningRecord]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class VictimFloor:
+    """Cheap bounds on a pool's victims: any already leaving, and the lowest priority."""
+
+    leaving: bool
+    priority: int
+
+
+def victim_floor(state: CycleState, pool: str) -> VictimFloor:
+    """Bounds computed once per pool and cycle (claims only shrink the set: conservative)."""
+    found = state.victim_floors.get(pool)
+    if found is None:
+        victims = eligible_victims(state, pool)
+        found = state.victim_floors[pool] = VictimFloor(
+            any(r.job.preempting_until is not None for r in victims),
+            min((r.priority for r in victims), default=1 << 62),
+        )
+    return found
+
+
 def plan_preemption(
     state: CycleState,
     job: PendingWorkload,
@@ -86,6 +106,9 @@ def plan_preemption(
     tree = state.tree
     member = job.member
     in_nominal = tree.unused_nominal(member, pool) >= shape.gpus
+    floor = victim_floor(state, pool)
+    if not in_nominal and not floor.leaving and priority <= floor.priority:
+        return None  # a borrower may only take leaving or lower-priority work: none exists
     # Stable partition of the pool's pre-sorted candidates: leaving, other members', own.
     leaving: list[RunningRecord] = []
     others: list[RunningRecord] = []

@@ -362,3 +362,26 @@ def test_quota_guarantee_in_nominal_job_starts_or_reclaims(
         for p in decisions.pending
     )
     assert admitted or preempted_for or waiting, decisions
+
+
+@PROPERTY
+@given(worlds(), st.integers(0, 1000))
+def test_explanations_do_not_change_decisions(world: World, seed: int) -> None:
+    """The simulator runs without explanations; it must decide exactly as the control plane."""
+    rng = random.Random(seed)
+    now = 1000.0
+    for _ in range(4):
+        snapshot = world.snapshot()
+        full = admit(snapshot, now)
+        quiet = admit(replace(snapshot, config=replace(snapshot.config, explain=False)), now)
+        assert quiet.pending == ()
+        assert (quiet.admitted, quiet.preempted, quiet.reservations) == (
+            full.admitted,
+            full.preempted,
+            full.reservations,
+        )
+        for adm in full.admitted:
+            world.actual[adm.job_id] = world.pending[adm.job_id].max_runtime * rng.uniform(0.2, 1)
+        world.apply(full, now)
+        now += rng.choice([30.0, 300.0, 1800.0])
+        world.advance(now)
