@@ -42,6 +42,19 @@ def describe_files(root: Path, exclude: tuple[str, ...] = ()) -> list[dict[str, 
     return out
 
 
+def _upstream_manifest(weights_dir: Path) -> Path | None:
+    """The manifest of the Nuri job that wrote ``weights_dir`` (it sits in the job's output
+    directory, one level up, and lists the model's files under the directory's name)."""
+    for candidate in (weights_dir / MANIFEST, weights_dir.parent / MANIFEST):
+        if not candidate.exists():
+            continue
+        artifacts = json.loads(candidate.read_text()).get("artifacts", [])
+        prefix = "" if candidate.parent == weights_dir else f"{weights_dir.name}/"
+        if any(str(a.get("path", "")).startswith(prefix) for a in artifacts):
+            return candidate
+    return None
+
+
 def model_identity(name: str, config: Any, weights_dir: Path | None, seed: int) -> dict[str, Any]:
     """How a model input is identified: config hash plus a weights hash (or the seed)."""
     config_json = json.dumps(config.to_dict(), sort_keys=True, default=str)
@@ -53,8 +66,8 @@ def model_identity(name: str, config: Any, weights_dir: Path | None, seed: int) 
         identity["init"] = {"random_seed": seed}
         return identity
     identity["weights_dir"] = str(weights_dir)
-    upstream = weights_dir / MANIFEST
-    if upstream.exists():
+    upstream = _upstream_manifest(weights_dir)
+    if upstream is not None:
         # A model another Nuri job produced: its manifest already hashes every file.
         identity["manifest_sha256"] = sha256_file(upstream)
         identity["produced_by"] = json.loads(upstream.read_text()).get("job_id")
