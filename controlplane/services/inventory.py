@@ -13,7 +13,7 @@ from controlplane.api import schemas
 from controlplane.auth import Principal
 from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass, Quota, UsageRecord
 from controlplane.errors import Conflict, InvalidRequest, NotFound
-from controlplane.services import lookup, paging
+from controlplane.services import catalog, lookup, paging
 
 DEFAULT_PRIORITY_CLASSES = (
     PriorityClass(
@@ -100,6 +100,7 @@ def create_pool(session: Session, caller: Principal, body: schemas.PoolCreate) -
             )
         )
     session.commit()
+    catalog.invalidate(session)
     return row
 
 
@@ -139,6 +140,7 @@ def create_node(session: Session, caller: Principal, body: schemas.NodeCreate) -
     row = Node(name=body.name, pool_id=pool.id, domain=domain, gpus=gpus)
     session.add(row)
     session.commit()
+    catalog.invalidate(session)
     return row
 
 
@@ -167,6 +169,7 @@ def update_node(session: Session, caller: Principal, ref: str, body: schemas.Nod
         row.domain = body.domain
     session.add(row)
     session.commit()
+    catalog.invalidate(session)
     return row
 
 

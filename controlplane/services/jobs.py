@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -19,12 +18,9 @@ from controlplane.db.models import (
     Dataset,
     Job,
     JobEvent,
-    Node,
-    NodeStatus,
-    Pool,
-    PriorityClass,
     Role,
 )
+from controlplane.db.types import new_id
 from controlplane.errors import (
     Forbidden,
     IdempotencyConflict,
@@ -33,7 +29,7 @@ from controlplane.errors import (
     NotFound,
 )
 from controlplane.jobstate import TERMINAL, JobStatus, transition
-from controlplane.services import lookup, paging
+from controlplane.services import catalog, lookup, paging
 
 # Base models every member may name; anything else must be a registered model dataset.
 BASE_MODELS = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "student-tiny"})
@@ -45,33 +41,7 @@ def request_hash(body: schemas.JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class PoolShape:
-    """What a pool can ever hold: per-node GPUs, usable nodes, nodes in its largest domain."""
-
-    name: str
-    gpus_per_node: int
-    nodes: int
-    largest_domain_nodes: int
-
-
-def pool_shapes(session: Session) -> dict[str, PoolShape]:
-    pools = {p.id: p for p in session.exec(select(Pool)).all()}
-    counts = session.exec(
-        select(Node.pool_id, Node.domain, func.count(col(Node.id)))
-        .where(Node.status != NodeStatus.DOWN.value)
-        .group_by(col(Node.pool_id), col(Node.domain))
-    ).all()
-    per_pool: dict[str, list[int]] = {pid: [] for pid in pools}
-    for pool_id, _domain, n in counts:
-        per_pool.setdefault(pool_id, []).append(int(n))
-    return {
-        p.name: PoolShape(p.name, p.gpus_per_node, sum(per_pool[pid]), max(per_pool[pid] or [0]))
-        for pid, p in pools.items()
-    }
-
-
-def _shape(body: schemas.JobCreate, candidates: list[PoolShape]) -> tuple[int, int]:
+def _shape(body: schemas.JobCreate, candidates: list[catalog.PoolShape]) -> tuple[int, int]:
     """(nodes, gpus_per_node) for the request, derived when the caller gave only ``gpus``."""
     if body.nodes is not None:
         return body.nodes, body.gpus // body.nodes
@@ -90,7 +60,7 @@ def _shape(body: schemas.JobCreate, candidates: list[PoolShape]) -> tuple[int, i
     )
 
 
-def _fits(shape: PoolShape, nodes: int, per_node: int, same_domain: bool) -> bool:
+def _fits(shape: catalog.PoolShape, nodes: int, per_node: int, same_domain: bool) -> bool:
     if per_node > shape.gpus_per_node:
         return False
     usable = shape.largest_domain_nodes if same_domain and nodes > 1 else shape.nodes
@@ -103,7 +73,8 @@ def _validate(
     """Check every reference and the shape; returns (nodes, gpus_per_node, inputs, preemptible)."""
     if len(json.dumps(body.config)) > MAX_CONFIG_BYTES:
         raise InvalidRequest("config is larger than 64 KiB", code="config_too_large")
-    shapes = pool_shapes(session)
+    cat = catalog.get(session)
+    shapes = cat.shapes
     unknown = [p for p in [*body.allowed_pools, *body.preferred_pools] if p not in shapes]
     if unknown:
         raise InvalidRequest(
@@ -162,20 +133,19 @@ def _validate(
                 code="unknown_model",
                 details={"model": body.model, "base_models": sorted(BASE_MODELS)},
             )
-    pc = session.get(PriorityClass, body.priority_class)
-    if pc is None:
-        names = session.exec(select(PriorityClass.name)).all()
+    class_preemptible = cat.priority_classes.get(body.priority_class)
+    if class_preemptible is None:
         raise InvalidRequest(
             f"unknown priority class {body.priority_class!r}",
             code="unknown_priority_class",
-            details={"priority_classes": sorted(names)},
+            details={"priority_classes": sorted(cat.priority_classes)},
         )
-    preemptible = pc.preemptible if body.preemptible is None else body.preemptible
-    if pc.preemptible and not preemptible:
+    preemptible = class_preemptible if body.preemptible is None else body.preemptible
+    if class_preemptible and not preemptible:
         raise InvalidRequest(
-            f"priority class {pc.name} is preemptible; a job in it cannot opt out",
+            f"priority class {body.priority_class} is preemptible; a job in it cannot opt out",
             code="invalid_preemptible",
-            details={"priority_class": pc.name},
+            details={"priority_class": body.priority_class},
         )
     return nodes, per_node, input_ids, preemptible
 
@@ -187,7 +157,7 @@ def submit(
     idempotency_key: str | None,
     now: datetime,
     max_retries: int,
-) -> tuple[Job, bool]:
+) -> tuple[schemas.JobPublic, bool]:
     """Persist a QUEUED job and its first event in one transaction.
 
     Returns (job, created). A repeat of the same ``Idempotency-Key`` with the same body returns
@@ -205,46 +175,57 @@ def submit(
         if existing is not None:
             return _replay(existing, digest), False
     nodes, per_node, input_ids, preemptible = _validate(session, member_id, body)
-    job = Job(
-        member_id=member_id,
-        submitter_id=caller.user_id,
-        name=body.name or f"{body.kind.value}-{body.model}",
-        kind=body.kind.value,
-        model=body.model,
-        inputs=input_ids,
-        gpus=body.gpus,
-        nodes=nodes,
-        gpus_per_node=per_node,
-        allowed_pools=body.allowed_pools,
-        preferred_pools=body.preferred_pools,
-        same_domain=body.same_domain,
-        priority_class=body.priority_class,
-        max_runtime_s=body.max_runtime_s,
-        preemptible=preemptible,
-        config=body.config,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        status=JobStatus.QUEUED.value,
-        max_retries=max_retries,
-        reasons=[
+    # Core inserts, not ORM objects: building two SQLModel table instances costs more than the
+    # rest of a submission together, and this is the API's hottest write.
+    row: dict[str, Any] = {
+        "id": new_id("job"),
+        "member_id": member_id,
+        "submitter_id": caller.user_id,
+        "name": body.name or f"{body.kind.value}-{body.model}",
+        "kind": body.kind.value,
+        "model": body.model,
+        "inputs": input_ids,
+        "gpus": body.gpus,
+        "nodes": nodes,
+        "gpus_per_node": per_node,
+        "allowed_pools": body.allowed_pools,
+        "preferred_pools": body.preferred_pools,
+        "same_domain": body.same_domain,
+        "priority_class": body.priority_class,
+        "max_runtime_s": body.max_runtime_s,
+        "preemptible": preemptible,
+        "config": body.config,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "status": JobStatus.QUEUED.value,
+        "attempt": 1,
+        "max_retries": max_retries,
+        "reasons": [
             {"code": "awaiting_scheduler", "message": "waiting for the next scheduling cycle"}
         ],
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(job)
-    session.add(
-        JobEvent(
-            job_id=job.id,
-            at=now,
-            type="submitted",
-            to_status=JobStatus.QUEUED.value,
-            actor=caller.user_id,
-            message="job submitted",
-            details={"gpus": job.gpus, "nodes": nodes, "gpus_per_node": per_node},
-        )
-    )
+        "pool": None,
+        "checkpoint_uri": None,
+        "created_at": now,
+        "updated_at": now,
+        "admitted_at": None,
+        "started_at": None,
+        "finished_at": None,
+    }
     try:
+        session.execute(insert(Job).values(**row))
+        session.execute(
+            insert(JobEvent).values(
+                job_id=row["id"],
+                at=now,
+                type="submitted",
+                from_status=None,
+                to_status=JobStatus.QUEUED.value,
+                attempt=1,
+                actor=caller.user_id,
+                message="job submitted",
+                details={"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
+            )
+        )
         session.commit()
     except IntegrityError:
         # Two submissions with one key raced; the loser replays the winner's job.
@@ -255,7 +236,7 @@ def submit(
         if existing is None:
             raise
         return _replay(existing, digest), False
-    return job, True
+    return schemas.JobPublic(**row), True
 
 
 def _by_key(session: Session, member_id: str, key: str) -> Job | None:
@@ -264,13 +245,13 @@ def _by_key(session: Session, member_id: str, key: str) -> Job | None:
     ).first()
 
 
-def _replay(existing: Job, digest: str) -> Job:
+def _replay(existing: Job, digest: str) -> schemas.JobPublic:
     if existing.request_hash != digest:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different request body",
             details={"job_id": existing.id},
         )
-    return existing
+    return schemas.JobPublic.model_validate(existing)
 
 
 def get_job(session: Session, caller: Principal, job_id: str) -> Job:

@@ -39,7 +39,7 @@ def submit_job(
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return schemas.JobPublic.model_validate(job)
+    return job
 
 
 @router.get("/jobs", operation_id="listJobs")
