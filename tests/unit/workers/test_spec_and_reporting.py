@@ -1,0 +1,97 @@
+"""Job spec parsing and the report channel."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from workers.reporting import HttpReporter, JobEvents, JsonlReporter, reporter_for
+from workers.spec import JobSpec, SpecError
+
+BASE = {"job_id": "j1", "kind": "finetune", "output_dir": "/tmp/out", "data": {"path": "d.jsonl"}}
+
+
+def test_round_trip_through_plain_data() -> None:
+    spec = JobSpec.from_dict({**BASE, "lora": {"rank": 4}, "model": {"name": "axk1-mini"}})
+    assert spec.lora.rank == 4 and spec.model.name == "axk1-mini"
+    assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_yaml_and_json_files(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text("job_id: j\nkind: inference\noutput_dir: o\ndata: {path: p}\n")
+    assert JobSpec.from_file(tmp_path / "s.yaml").kind == "inference"
+    (tmp_path / "s.json").write_text(json.dumps(BASE))
+    assert JobSpec.from_file(tmp_path / "s.json").job_id == "j1"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"kind": "train"}, "kind"),
+        ({"bogus": 1}, "unknown field"),
+        ({"lora": {"rnk": 4}}, "spec.lora"),
+        ({"data": None}, "data.path"),
+        ({"teacher": {"name": "axk1"}}, "teacher"),
+        ({"kind": "distill"}, "teacher"),
+        ({"steps": 0}, "steps"),
+        ({"engine": "megatron"}, "engine"),
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"precision": "fp16"}, "precision"),
+        ({"report": {"kind": "http"}}, "report.url"),
+        ({"distill": {"hard_label_weight": 2}}, "hard_label_weight"),
+        ({"model": "axk1"}, "spec.model"),
+    ],
+)
+def test_invalid_specs_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(SpecError, match=field):
+        JobSpec.from_dict({**BASE, **change})
+
+
+def test_jsonl_reporter_writes_one_event_per_line(tmp_path) -> None:
+    events = JobEvents("j1", JsonlReporter(tmp_path / "e.jsonl"))
+    events.emit("metrics", step=1, loss=2.5)
+    events.emit("status", status="succeeded")
+    events.reporter.close()
+    lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in lines] == ["metrics", "status"]
+    assert lines[0]["job_id"] == "j1" and lines[0]["loss"] == 2.5 and "ts" in lines[0]
+
+
+def test_only_rank_zero_reports(tmp_path) -> None:
+    spec = JobSpec.from_dict({**BASE, "output_dir": str(tmp_path)})
+    reporter_for(spec, rank=1).report({"type": "x"})
+    assert not (tmp_path / "events.jsonl").exists()
+
+
+def _http(handler) -> HttpReporter:
+    client = httpx.Client(base_url="http://cp", transport=httpx.MockTransport(handler))
+    return HttpReporter("http://cp", "j1", token="tok", client=client, backoff_s=0)
+
+
+def test_http_reporter_posts_to_the_job_report_route_with_the_token() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202 if len(seen) > 1 else 503)  # one transient failure
+
+    reporter = _http(handler)
+    reporter.report({"type": "metrics", "loss": 1.0})
+    assert [r.url.path for r in seen] == ["/v1/jobs/j1/report"] * 2
+    assert seen[-1].headers["authorization"] == "Bearer tok"
+    assert json.loads(seen[-1].content) == {"type": "metrics", "loss": 1.0}
+    assert reporter.dropped == 0
+
+
+def test_http_reporter_never_raises_into_the_job() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down", request=request)
+
+    reporter = _http(refuse)
+    reporter.report({"type": "metrics"})
+    assert reporter.dropped == 1
+    rejected = _http(lambda request: httpx.Response(409, json={"code": "invalid_transition"}))
+    rejected.report({"type": "status"})
+    assert rejected.dropped == 1
