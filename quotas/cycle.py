@@ -40,6 +40,7 @@ class RunningRecord:
     priority: int
     preemptible: bool
     end: float
+    gpus: int
     claimed: bool = False
 
 
@@ -86,12 +87,14 @@ class CycleState:
         running_by_member: dict[str, list[RunningWorkload]] = {}
         used: dict[tuple[str, str], int] = {}
         classes = self.classes
-        for job in sorted(snapshot.running, key=_job_id):
+        # Input order does not matter: every later use sorts or breaks ties on ids.
+        for job in snapshot.running:
             running_by_member.setdefault(job.member, []).append(job)
             if job.pool not in self.pools:
                 continue
             position = self.index[job.pool].position
             placement = [(position[n], g) for n, g in job.assignments if n in position]
+            gpus = sum(g for _, g in placement)
             pclass = classes.get(job.priority_class)
             end = job.preempting_until
             if end is None:
@@ -103,10 +106,11 @@ class CycleState:
                     pclass.value if pclass else 0,
                     pclass.preemptible if pclass else True,
                     end,
+                    gpus,
                 )
             )
             key = (job.member, job.pool)
-            used[key] = used.get(key, 0) + sum(g for _, g in job.assignments)
+            used[key] = used.get(key, 0) + gpus
         for (who, pool), gpus in sorted(used.items()):
             if who in self.tree.member_index:
                 self.tree.add_usage(who, pool, gpus)
@@ -132,7 +136,3 @@ class CycleState:
 
 def _name(obj: Pool | Member) -> str:
     return obj.name
-
-
-def _job_id(job: RunningWorkload) -> str:
-    return job.job_id

@@ -95,29 +95,36 @@ def _heads(snapshot: Snapshot) -> tuple[list[_Head], list[PendingRecord]]:
     heads: list[_Head] = []
     invalid: list[PendingRecord] = []
     shape_cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]] = {}
+    # Jobs asking the same thing share one shapes tuple (cheaper to hash in the memos).
+    shapes_of: dict[
+        tuple[tuple[str, ...], int, int | None, bool], tuple[tuple[str, Shape | None], ...]
+    ] = {}
     # No sort needed: member queues sort on a total order ending in the job id.
     for job in snapshot.pending:
         pclass = classes.get(job.priority_class)
-        problem = None
-        if job.member not in members:
-            problem = f"unknown member {job.member}"
-        elif pclass is None:
-            problem = f"unknown priority class {job.priority_class}"
-        elif job.gpus <= 0 or job.max_runtime <= 0:
-            problem = "a job needs at least one GPU and a positive max runtime"
-        if problem is not None or pclass is None:
-            reason = Reason(codes.INVALID_REQUEST, problem or "invalid request")
+        if pclass is None or job.member not in members or job.gpus <= 0 or job.max_runtime <= 0:
+            if job.member not in members:
+                problem = f"unknown member {job.member}"
+            elif pclass is None:
+                problem = f"unknown priority class {job.priority_class}"
+            else:
+                problem = "a job needs at least one GPU and a positive max runtime"
+            reason = Reason(codes.INVALID_REQUEST, problem)
             invalid.append(PendingRecord(job, [reason], None, None, True))
             continue
-        known = [p for p in job.allowed_pools if p in pools]
-        if not known:
+        shapes = shapes_of.get((job.allowed_pools, job.gpus, job.nodes, job.same_domain))
+        if shapes is None:
+            shapes = tuple(
+                _shape(shape_cache, job, pools[p]) for p in job.allowed_pools if p in pools
+            )
+            shapes_of[(job.allowed_pools, job.gpus, job.nodes, job.same_domain)] = shapes
+        if not shapes:
             reason = Reason(
                 codes.NO_ALLOWED_POOL,
                 "no pool may run this job (residency of its data or unknown pools)",
             )
             invalid.append(PendingRecord(job, [reason], None, None, True))
             continue
-        shapes = tuple(_shape(shape_cache, job, pools[p]) for p in known)
         heads.append(_Head(job, pclass.value, pclass.preemptible, shapes))
     return heads, invalid
 
@@ -366,9 +373,13 @@ class _Cycle:
 
     def _signature(self, head: _Head, end: float) -> tuple[object, ...]:
         reservations = self.state.reservations
-        sides = tuple(
-            reservations[pool].start >= end if pool in reservations else None
-            for pool, _ in head.shapes
+        sides = (
+            tuple(
+                reservations[pool].start >= end if pool in reservations else None
+                for pool, _ in head.shapes
+            )
+            if reservations
+            else ()
         )
         return (head.job.member, head.priority, head.preemptible, head.shapes, sides)
 

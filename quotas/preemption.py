@@ -40,7 +40,7 @@ def lost_work(record: RunningRecord, now: float) -> float:
     """GPU-seconds of progress since the victim's last checkpoint (lost if it stops now)."""
     job = record.job
     since = job.last_checkpoint_at if job.last_checkpoint_at is not None else job.started_at
-    return job.gpus * max(0.0, now - since)
+    return record.gpus * max(0.0, now - since)
 
 
 def eligible_victims(state: CycleState, pool: str) -> list[RunningRecord]:
@@ -113,6 +113,7 @@ def plan_preemption(
     leaving: list[RunningRecord] = []
     others: list[RunningRecord] = []
     own: list[RunningRecord] = []
+    borrowing: dict[str, bool] = {}
     for record in eligible_victims(state, pool):
         if record.claimed:
             continue
@@ -120,26 +121,28 @@ def plan_preemption(
         if victim.preempting_until is not None:
             leaving.append(record)
         elif victim.member != member:
-            if tree.borrowed(victim.member, pool) > 0 and (
-                in_nominal or record.priority < priority
-            ):
+            lends = borrowing.get(victim.member)
+            if lends is None:
+                lends = borrowing[victim.member] = tree.borrowed(victim.member, pool) > 0
+            if lends and (in_nominal or record.priority < priority):
                 others.append(record)
         elif record.priority < priority:
             own.append(record)
     candidates = leaving + others + own
-    if not candidates:
-        return None
     index = state.index[pool]
+    # Cheap bound first: even every candidate together may not free enough GPUs.
+    if index.free_total + sum(r.gpus for r in candidates) < shape.gpus:
+        return None
     removed: list[RunningRecord] = []
     freed: dict[int, int] = {}
 
     def remove(record: RunningRecord) -> None:
-        tree.add_usage(record.job.member, pool, -record.job.gpus)
+        tree.add_usage(record.job.member, pool, -record.gpus)
         for i, g in record.placement:
             freed[i] = freed.get(i, 0) + g
 
     def restore(record: RunningRecord) -> None:
-        tree.add_usage(record.job.member, pool, record.job.gpus)
+        tree.add_usage(record.job.member, pool, record.gpus)
         for i, g in record.placement:
             freed[i] -= g
             if freed[i] == 0:

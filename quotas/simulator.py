@@ -20,8 +20,9 @@ Metrics: utilisation (busy GPU-seconds, lost work included, over capacity x the 
 first arrival to last completion), mean and p95 job completion time (finish - submit) and
 queueing delay (first start - submit), overall and per member; Jain's fairness index over
 members' normalised service (sum of GPUs x duration over sum of GPUs x JCT: 1.0 means the
-member never waited); quota-guarantee violations (jobs that fitted their member's unused
-nominal quota when submitted and still waited longer than the grace period plus one cycle);
+member never waited); quota-guarantee violations (jobs that fitted their member's nominal
+quota when submitted -- together with the member's running and already queued jobs -- and
+still waited longer than the grace period plus one cycle);
 preemptions and GPU-hours lost to them.
 """
 
@@ -174,6 +175,7 @@ class _PoolReplay:
         self.events: list[tuple[float, int, int, str, int]] = []
         self.seq = 0
         self.usage: dict[str, int] = dict.fromkeys(self.members, 0)  # GPUs in use
+        self.queued: dict[str, int] = dict.fromkeys(self.members, 0)  # GPUs waiting
         self.history: dict[str, float] = dict.fromkeys(self.members, 0.0)
         self.used_hours: dict[str, float] = dict.fromkeys(self.members, 0.0)
         self.history_at = 0.0
@@ -246,13 +248,16 @@ class _PoolReplay:
         outcome = self.outcomes[job.job_id]
         quota = self.members[job.tenant].quotas.get(self.pool.name)
         nominal = quota.nominal if quota else 0
-        outcome.in_quota = self.usage[job.tenant] + outcome.gpus <= nominal
+        # In quota: fits the member's nominal together with its running and queued jobs.
+        held = self.usage[job.tenant] + self.queued[job.tenant]
+        outcome.in_quota = held + outcome.gpus <= nominal
         self._enqueue(job.job_id)
 
     def _enqueue(self, job_id: str) -> None:
         outcome = self.outcomes[job_id]
         job = outcome.job
         declared = self.remaining[job_id] * self.config.runtime_overestimate
+        self.queued[job.tenant] += outcome.gpus
         self.pending[job_id] = PendingWorkload(
             job_id,
             job.tenant,
@@ -285,6 +290,7 @@ class _PoolReplay:
         if outcome.first_start < 0:
             outcome.first_start = now
         self.usage[job.member] += job.gpus
+        self.queued[job.member] -= job.gpus
         version = self.version[job_id] = self.version.get(job_id, 0) + 1
         self._push(now + self.remaining[job_id], _COMPLETE, job_id, version)
 
