@@ -36,6 +36,10 @@ BASE_MODELS = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "studen
 MAX_CONFIG_BYTES = 64 * 1024
 
 
+_INSERT_JOB = insert(Job)
+_INSERT_EVENT = insert(JobEvent)
+
+
 def request_hash(body: schemas.JobCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -212,19 +216,22 @@ def submit(
         "finished_at": None,
     }
     try:
-        session.execute(insert(Job).values(**row))
-        session.execute(
-            insert(JobEvent).values(
-                job_id=row["id"],
-                at=now,
-                type="submitted",
-                from_status=None,
-                to_status=JobStatus.QUEUED.value,
-                attempt=1,
-                actor=caller.user_id,
-                message="job submitted",
-                details={"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
-            )
+        # Parameters apart from the statement, so its compiled form is cached and reused.
+        conn = session.connection()
+        conn.execute(_INSERT_JOB, row)
+        conn.execute(
+            _INSERT_EVENT,
+            {
+                "job_id": row["id"],
+                "at": now,
+                "type": "submitted",
+                "from_status": None,
+                "to_status": JobStatus.QUEUED.value,
+                "attempt": 1,
+                "actor": caller.user_id,
+                "message": "job submitted",
+                "details": {"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
+            },
         )
         session.commit()
     except IntegrityError:
