@@ -11,7 +11,9 @@ import typer
 
 from controlplane.cli.admin import admin_app, datasets_app
 from controlplane.cli.jobs import jobs_app, submit
+from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
+from controlplane.cli.simulate import simulate
 from controlplane.client import NuriClient
 
 app = typer.Typer(
@@ -24,6 +26,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
 app.command()(submit)
+app.command()(plan)
+app.command()(simulate)
 
 
 @app.command()
