@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from controlplane import tokens
+from controlplane.audit import log as audit_log
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.errors import Forbidden, Unauthenticated
 
@@ -25,6 +26,10 @@ class Principal:
     role: Role
     token_id: str
     scopes: frozenset[str]
+    # Where the call came from, recorded with every audit event it causes.
+    source_ip: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
 
     @property
     def is_platform_admin(self) -> bool:
@@ -75,8 +80,31 @@ def default_scopes(role: Role) -> list[str]:
     return ["read", "write"]
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Request metadata that travels with the caller into the audit log."""
+
+    source_ip: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+
+
+def trace_id_from(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and all(c in "0123456789abcdef" for c in parts[1]):
+        return parts[1]
+    return None
+
+
 def authenticate(
-    session: Session, authorization: str | None, now: datetime, touch_interval_s: float
+    session: Session,
+    authorization: str | None,
+    now: datetime,
+    touch_interval_s: float,
+    origin: Origin | None = None,
 ) -> Principal:
     """Resolve an ``Authorization: Bearer nuri_...`` header to a Principal.
 
@@ -113,16 +141,32 @@ def authenticate(
     token_id, scopes, expires_at, revoked_at, last_used_at, user_id, member_id, role, disabled = row
     if revoked_at is not None or (expires_at is not None and expires_at <= now) or disabled:
         raise Unauthenticated("invalid or expired token")
-    if last_used_at is None or now - last_used_at >= timedelta(seconds=touch_interval_s):
-        # Throttled: a write per request would double the cost of every call.
-        session.execute(
-            update(ApiToken).where(col(ApiToken.id) == token_id).values(last_used_at=now)
-        )
-        session.commit()
-    return Principal(
+    origin = origin or Origin()
+    principal = Principal(
         user_id=user_id,
         member_id=member_id,
         role=Role(role),
         token_id=token_id,
         scopes=frozenset(scopes),
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+        trace_id=origin.trace_id,
     )
+    if last_used_at is None or now - last_used_at >= timedelta(seconds=touch_interval_s):
+        # Throttled: a write per request would double the cost of every call. The stamp and
+        # a sign-in event for the audit log go together, at most once per interval.
+        session.execute(
+            update(ApiToken).where(col(ApiToken.id) == token_id).values(last_used_at=now)
+        )
+        audit_log.record(
+            session,
+            principal,
+            "auth.token_use",
+            "token",
+            token_id,
+            stream=audit_log.stream_for(member_id),
+            now=now,
+            details={"previous_use": last_used_at.isoformat() if last_used_at else None},
+        )
+        session.commit()
+    return principal

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # would double the cost of every authenticated call).
     token_touch_interval_s: float = Field(default=60.0, ge=0)
     default_job_retries: int = Field(default=3, ge=0)
+    # Ed25519 key (PEM) that signs audit checkpoints; created under NURI_HOME when absent.
+    audit_key_path: Path | None = None
+    audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_prod(self) -> Settings:
@@ -52,6 +55,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'nuri.db').resolve()}"
+
+    @property
+    def resolved_audit_key_path(self) -> Path:
+        return self.audit_key_path or self.home / "audit-signing-key.pem"
 
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,8 +66,14 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     eng.dispose()
 
 
+KEY_DIR = Path(tempfile.mkdtemp(prefix="nuri-test-keys-"))
+
+
 def make_client(engine: Engine) -> TestClient:
-    app = create_app(Settings(bootstrap_admin_token=ADMIN_TOKEN), engine)
+    # Tests never write under the repository's ./.nuri: one throwaway signing key for the run.
+    settings = Settings(bootstrap_admin_token=ADMIN_TOKEN, home=KEY_DIR,
+                        audit_key_path=KEY_DIR / "audit-signing-key.pem")
+    app = create_app(settings, engine)
     return TestClient(app, raise_server_exceptions=False)
 
 

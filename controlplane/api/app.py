@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api import errors
 from controlplane.api.deps import SessionDep
-from controlplane.api.routers import data, inventory, jobs, tenancy
+from controlplane.api.routers import audit, data, inventory, jobs, tenancy
+from controlplane.audit import signing
 from controlplane.db.engine import make_engine, migrate
 from controlplane.services.bootstrap import BootstrapResult, bootstrap
 from controlplane.settings import Settings
@@ -38,6 +39,8 @@ class RequestIdMiddleware:
                 rid = value[:64]
                 break
         rid = rid or uuid.uuid4().hex.encode()
+        # Handlers read it as request.state.request_id (for the audit log).
+        scope.setdefault("state", {})["request_id"] = rid.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 "nodes",
                 "quotas",
                 "budgets",
+                "audit",
                 "health",
             )
         ],
@@ -80,6 +84,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.bootstrap = boot
+    app.state.audit_key = signing.load_or_create(settings.resolved_audit_key_path)
     errors.install(app)
 
     app.add_middleware(RequestIdMiddleware)
@@ -89,7 +94,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         return {"status": "ok", "database": engine.dialect.name}
 
-    for module in (tenancy, inventory, data, jobs):
+    for module in (tenancy, inventory, data, jobs, audit):
         app.include_router(module.router)
     return app
 

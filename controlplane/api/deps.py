@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from controlplane.auth import Principal, authenticate
+from controlplane.auth import Origin, Principal, authenticate, trace_id_from
 from controlplane.db.types import utcnow
 from controlplane.settings import Settings
 
@@ -39,11 +39,17 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_principal(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    return authenticate(session, authorization, utcnow(), settings.token_touch_interval_s)
+    origin = Origin(
+        source_ip=request.client.host if request.client else None,
+        request_id=getattr(request.state, "request_id", None),
+        trace_id=trace_id_from(request.headers.get("traceparent")),
+    )
+    return authenticate(session, authorization, utcnow(), settings.token_touch_interval_s, origin)
 
 
 CallerDep = Annotated[Principal, Depends(get_principal)]

@@ -279,3 +279,54 @@ class UsageRecord(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     gpus: int
     gpu_seconds: float = 0.0
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+class AuditHead(SQLModel, table=True):
+    """The last sequence number and hash of each audit stream.
+
+    Appenders bump ``seq`` with an UPDATE first, which takes the row lock (PostgreSQL) or the
+    write lock (SQLite) before anything is read, so concurrent appenders to one stream queue
+    up instead of forking the chain.
+    """
+
+    stream: str = Field(primary_key=True, max_length=40)
+    seq: int
+    hash: str = Field(max_length=64)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One hash-chained audit record. Append-only: database triggers refuse UPDATE/DELETE."""
+
+    __table_args__ = (UniqueConstraint("stream", "seq", name="uq_audit_stream_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    stream: str = Field(index=True, max_length=40)
+    seq: int
+    at: datetime = Field(sa_type=UTCDateTime)
+    actor: str = Field(max_length=40)
+    actor_role: str | None = Field(default=None, max_length=20)
+    source_ip: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default=None, max_length=64)
+    trace_id: str | None = Field(default=None, max_length=32)
+    action: str = Field(index=True, max_length=60)
+    resource_type: str = Field(max_length=40)
+    resource_id: str | None = Field(default=None, max_length=64)
+    outcome: str = Field(max_length=20)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """An Ed25519 signature over a stream's head at a moment. Append-only too."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    stream: str = Field(index=True, max_length=40)
+    seq: int
+    hash: str = Field(max_length=64)
+    at: datetime = Field(sa_type=UTCDateTime)
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=200)

@@ -8,8 +8,10 @@ from datetime import datetime
 from sqlmodel import Session, or_, select
 
 from controlplane.api import schemas
+from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
 from controlplane.db.models import Dataset
+from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, NotFound
 from controlplane.services import lookup, paging
 
@@ -34,6 +36,16 @@ def create_dataset(session: Session, caller: Principal, body: schemas.DatasetCre
         labels=body.labels.model_dump(mode="json"),
     )
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "dataset.create",
+        "dataset",
+        row.id,
+        stream=member_id,
+        now=utcnow(),
+        details={"name": row.name, "uri": row.uri, "labels": row.labels},
+    )
     session.commit()
     return row
 
@@ -74,5 +86,15 @@ def update_dataset(
         row.version += 1
         row.updated_at = now
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "dataset.update",
+        "dataset",
+        row.id,
+        stream=row.member_id,
+        now=now,
+        details={"changes": changes, "version": row.version},
+    )
     session.commit()
     return row

@@ -10,8 +10,11 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from controlplane.api import schemas
+from controlplane.audit import log as audit_log
+from controlplane.audit.chain import PLATFORM_STREAM as PLATFORM
 from controlplane.auth import Principal
 from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass, Quota, UsageRecord
+from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, InvalidRequest, NotFound
 from controlplane.services import catalog, lookup, paging
 
@@ -99,6 +102,16 @@ def create_pool(session: Session, caller: Principal, body: schemas.PoolCreate) -
                 gpus=body.gpus_per_node,
             )
         )
+    audit_log.record(
+        session,
+        caller,
+        "pool.create",
+        "pool",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json"),
+    )
     session.commit()
     catalog.invalidate(session)
     return row
@@ -116,6 +129,16 @@ def update_pool(session: Session, caller: Principal, ref: str, body: schemas.Poo
             raise InvalidRequest(f"{key} cannot be null", details={"field": key})
         setattr(row, key, value.value if hasattr(value, "value") else value)
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "pool.update",
+        "pool",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json", exclude_unset=True),
+    )
     session.commit()
     return row
 
@@ -139,6 +162,16 @@ def create_node(session: Session, caller: Principal, body: schemas.NodeCreate) -
         session.add(pool)
     row = Node(name=body.name, pool_id=pool.id, domain=domain, gpus=gpus)
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "node.create",
+        "node",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json"),
+    )
     session.commit()
     catalog.invalidate(session)
     return row
@@ -168,6 +201,16 @@ def update_node(session: Session, caller: Principal, ref: str, body: schemas.Nod
     if body.domain is not None:
         row.domain = body.domain
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "node.update",
+        "node",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json", exclude_unset=True),
+    )
     session.commit()
     catalog.invalidate(session)
     return row
@@ -219,6 +262,21 @@ def create_quota(session: Session, caller: Principal, body: schemas.QuotaCreate)
         lending_limit=body.lending_limit,
     )
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "quota.create",
+        "quota",
+        row.id,
+        stream=member.id,
+        now=utcnow(),
+        details={
+            "pool": pool.name,
+            "nominal_gpus": row.nominal_gpus,
+            "borrowing_limit": row.borrowing_limit,
+            "lending_limit": row.lending_limit,
+        },
+    )
     session.commit()
     return row
 
@@ -265,6 +323,16 @@ def update_quota(
         setattr(row, key, value)
     row.updated_at = now
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "quota.update",
+        "quota",
+        row.id,
+        stream=row.member_id,
+        now=now,
+        details=changes,
+    )
     session.commit()
     return row
 
@@ -329,6 +397,16 @@ def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreat
         gpu_hours=body.gpu_hours,
     )
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "budget.create",
+        "budget",
+        row.id,
+        stream=member.id,
+        now=utcnow(),
+        details={"period": row.period, "gpu_hours": row.gpu_hours},
+    )
     session.commit()
     return row
 
@@ -359,5 +437,15 @@ def update_budget(
     row.gpu_hours = body.gpu_hours
     row.updated_at = now
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "budget.update",
+        "budget",
+        row.id,
+        stream=row.member_id,
+        now=now,
+        details={"gpu_hours": body.gpu_hours},
+    )
     session.commit()
     return row

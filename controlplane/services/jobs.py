@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controlplane.api import schemas
+from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
 from controlplane.db.models import (
     Dataset,
@@ -233,6 +234,25 @@ def submit(
                 "details": {"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
             },
         )
+        audit_log.record(
+            session,
+            caller,
+            "job.submit",
+            "job",
+            row["id"],
+            stream=member_id,
+            now=now,
+            details={
+                "kind": row["kind"],
+                "model": body.model,
+                "inputs": input_ids,
+                "gpus": body.gpus,
+                "nodes": nodes,
+                "priority_class": body.priority_class,
+                "allowed_pools": body.allowed_pools,
+                "idempotency_key": idempotency_key,
+            },
+        )
         session.commit()
     except IntegrityError:
         # Two submissions with one key raced; the loser replays the winner's job.
@@ -330,6 +350,16 @@ def cancel(session: Session, caller: Principal, job_id: str, reason: str, now: d
         message=reason or "cancelled by user",
         details=details,
         reasons=[{"code": "cancelled", "message": reason or "cancelled by user"}],
+    )
+    audit_log.record(
+        session,
+        caller,
+        "job.cancel",
+        "job",
+        job.id,
+        stream=job.member_id,
+        now=now,
+        details={"from": current.value, "reason": reason},
     )
     session.commit()
     session.refresh(job)

@@ -10,8 +10,11 @@ from sqlmodel import Session, select
 
 from controlplane import tokens
 from controlplane.api import schemas
+from controlplane.audit import log as audit_log
+from controlplane.audit.chain import PLATFORM_STREAM as PLATFORM
 from controlplane.auth import Principal, default_scopes
 from controlplane.db.models import ApiToken, Member, Role, User
+from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from controlplane.services import lookup, paging
 
@@ -28,6 +31,16 @@ def create_member(session: Session, caller: Principal, body: schemas.MemberCreat
         )
     row = Member(**body.model_dump())
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "member.create",
+        "member",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json"),
+    )
     session.commit()
     return row
 
@@ -55,6 +68,16 @@ def update_member(
             raise InvalidRequest(f"{key} cannot be null", details={"field": key})
         setattr(row, key, value)
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "member.update",
+        "member",
+        row.id,
+        stream=PLATFORM,
+        now=utcnow(),
+        details=body.model_dump(mode="json", exclude_unset=True),
+    )
     session.commit()
     return row
 
@@ -107,6 +130,16 @@ def create_user(session: Session, caller: Principal, body: schemas.UserCreate) -
     row = User(member_id=member_id, email=email, name=body.name, role=body.role.value)
     session.add(row)
     try:
+        audit_log.record(
+            session,
+            caller,
+            "user.create",
+            "user",
+            row.id,
+            stream=audit_log.stream_for(member_id),
+            now=utcnow(),
+            details={"email": email, "role": body.role.value, "member_id": member_id},
+        )
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -157,6 +190,16 @@ def update_user(
             raise InvalidRequest(f"{key} cannot be null", details={"field": key})
         setattr(row, key, value.value if isinstance(value, Role) else value)
     session.add(row)
+    audit_log.record(
+        session,
+        caller,
+        "user.update",
+        "user",
+        row.id,
+        stream=audit_log.stream_for(row.member_id),
+        now=utcnow(),
+        details=body.model_dump(mode="json", exclude_unset=True),
+    )
     session.commit()
     return row
 
@@ -213,6 +256,21 @@ def create_token(
         )
     expires = now + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     row, secret = issue_token(session, target, body.name, sorted(set(scopes)), expires)
+    audit_log.record(
+        session,
+        caller,
+        "token.create",
+        "token",
+        row.id,
+        stream=audit_log.stream_for(target.member_id),
+        now=now,
+        details={
+            "user_id": target.id,
+            "name": body.name,
+            "scopes": row.scopes,
+            "expires_at": expires.isoformat() if expires else None,
+        },
+    )
     session.commit()
     return row, secret
 
@@ -251,5 +309,15 @@ def revoke_token(session: Session, caller: Principal, token_id: str, now: dateti
     if row.revoked_at is None:
         row.revoked_at = now
         session.add(row)
+        audit_log.record(
+            session,
+            caller,
+            "token.revoke",
+            "token",
+            row.id,
+            stream=audit_log.stream_for(row.member_id),
+            now=now,
+            details={"user_id": row.user_id},
+        )
         session.commit()
     return row

@@ -48,6 +48,10 @@ COVERED = {
     ("GET", "/v1/datasets"),
     ("GET", "/v1/datasets/{ref}"),
     ("PATCH", "/v1/datasets/{ref}"),
+    ("GET", "/v1/audit/events"),
+    ("GET", "/v1/audit/verify"),
+    ("GET", "/v1/audit/export"),
+    ("POST", "/v1/audit/checkpoints"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{job_id}"),
@@ -269,3 +273,35 @@ def test_member_admin_manages_only_its_own_member(world: World) -> None:
     assert u["disabled"] is True
     resp = world.client.get("/v1/jobs", headers=bearer(world.a.user_token))
     assert resp.status_code == 401, "a disabled user's tokens stop working"
+
+
+def test_audit_streams_are_scoped(world: World) -> None:
+    a, b = world.a, world.b
+    for path in ("/v1/audit/events", "/v1/audit/verify", "/v1/audit/export"):
+        # Another member's stream does not exist for a member admin...
+        resp = world.client.get(
+            path, headers=bearer(a.admin_token), params={"stream": b.member["id"]}
+        )
+        assert resp.status_code == 404, (path, resp.text)
+        resp = world.client.get(path, headers=bearer(a.admin_token), params={"stream": "platform"})
+        assert resp.status_code == 404, (path, resp.text)
+        # ...member users may not read the log at all...
+        assert world.client.get(path, headers=bearer(a.user_token)).status_code == 403
+        # ...and without a filter a member admin gets exactly its own stream.
+        ok(world.client.get(path, headers=bearer(a.admin_token)))
+    own = ok(
+        world.client.get("/v1/audit/events", headers=bearer(a.admin_token), params={"limit": 1000})
+    )["items"]
+    assert own and {e["stream"] for e in own} == {a.member["id"]}
+    exported = ok(world.client.get("/v1/audit/export", headers=bearer(a.admin_token)))
+    assert {e["stream"] for e in exported["events"]} == {a.member["id"]}
+    # The auditor reads every stream; only the platform admin forces checkpoints.
+    every = ok(
+        world.client.get(
+            "/v1/audit/events", headers=bearer(world.auditor_token), params={"limit": 1000}
+        )
+    )["items"]
+    assert {a.member["id"], b.member["id"], "platform"} <= {e["stream"] for e in every}
+    for token in (a.admin_token, world.auditor_token, a.user_token):
+        assert world.client.post("/v1/audit/checkpoints", headers=bearer(token)).status_code == 403
+    ok(world.client.post("/v1/audit/checkpoints", headers=world.root))

@@ -1,0 +1,115 @@
+"""Appending to the audit log, inside the caller's transaction, and signing checkpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from controlplane.audit import chain, signing
+from controlplane.db.models import AuditCheckpoint, AuditEvent, AuditHead
+
+if TYPE_CHECKING:  # auth records sign-ins here, so the import goes one way at run time
+    from controlplane.auth import Principal
+
+SYSTEM_ACTOR = "system"
+
+
+def _next_position(session: Session, stream: str) -> tuple[int, str]:
+    """(seq, prev_hash) for a new event, taking the stream's lock first.
+
+    The UPDATE comes before any read so that it is the statement that acquires the lock: a
+    concurrent appender waits here and then sees the committed head, never a stale one.
+    """
+    stmt = (
+        update(AuditHead)
+        .where(col(AuditHead.stream) == stream)
+        .values(seq=AuditHead.seq + 1)
+        .returning(col(AuditHead.seq), col(AuditHead.hash))
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        # First event of this stream: create its head (idempotently, another transaction may
+        # be doing the same) and take the lock the normal way.
+        dialect = session.get_bind().dialect.name
+        ins = pg_insert(AuditHead) if dialect == "postgresql" else sqlite_insert(AuditHead)
+        session.execute(
+            ins.values(stream=stream, seq=0, hash=chain.GENESIS).on_conflict_do_nothing()
+        )
+        row = session.execute(stmt).first()
+        if row is None:
+            raise RuntimeError(f"audit stream {stream!r} has no head row")
+    return int(row[0]), str(row[1])
+
+
+def record(
+    session: Session,
+    actor: Principal | None,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    stream: str,
+    now: datetime,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append one event to ``stream`` in the session's transaction; returns its fields.
+
+    ``stream`` is a member id or ``platform``. The caller commits (or rolls back) the event
+    together with the change it records.
+    """
+    seq, prev = _next_position(session, stream)
+    fields: dict[str, Any] = {
+        "stream": stream,
+        "seq": seq,
+        "at": chain.timestamp(now),
+        "actor": actor.user_id if actor else SYSTEM_ACTOR,
+        "actor_role": actor.role.value if actor else None,
+        "source_ip": actor.source_ip if actor else None,
+        "request_id": actor.request_id if actor else None,
+        "trace_id": actor.trace_id if actor else None,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "outcome": outcome,
+        "details": details or {},
+        "prev_hash": prev,
+    }
+    digest = chain.event_hash(fields)
+    session.execute(insert(AuditEvent), {**fields, "at": now, "hash": digest})
+    session.execute(update(AuditHead).where(col(AuditHead.stream) == stream).values(hash=digest))
+    return {**fields, "hash": digest}
+
+
+def stream_for(member_id: str | None) -> str:
+    return member_id or chain.PLATFORM_STREAM
+
+
+def write_checkpoints(session: Session, key: Ed25519PrivateKey, now: datetime) -> int:
+    """Sign the head of every stream (even when nothing happened since the last one).
+
+    A checkpoint on an idle stream is still evidence: it proves the log existed up to that
+    head at that moment, so a later truncation or rewrite cannot go unnoticed.
+    """
+    kid = signing.key_id(key)
+    heads = session.exec(select(AuditHead)).all()
+    for head in heads:
+        message = chain.checkpoint_message(head.stream, head.seq, head.hash, now)
+        session.add(
+            AuditCheckpoint(
+                stream=head.stream,
+                seq=head.seq,
+                hash=head.hash,
+                at=now,
+                key_id=kid,
+                signature=signing.sign(key, message),
+            )
+        )
+    session.commit()
+    return len(heads)
