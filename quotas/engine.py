@@ -11,7 +11,9 @@ Phases, as in Kueue's scheduler:
 4. **Order** -- a tournament over member queues: heads that fit in nominal quota first (by
    priority, then submit time); then borrowing heads by their member's fair-share score. A
    member's key depends only on its own usage, which changes only when its own head is
-   served, so keys never go stale in the heap.
+   served, so keys never go stale in the heap. Heads that must fail exactly like a head
+   already tried (same member, priority, shapes; see ``_failed_heads``) are settled at once,
+   so a blocked job never holds back a later job of its member.
 5. **Admit** -- optimistically reserve the winner's quota, budget and GPUs in the working
    copy; if nothing fits, try preemption (reclaim or priority), else hold a backfill
    reservation for it; everything else that waits gets ranked reasons, position and ETA.
@@ -164,6 +166,9 @@ class _Cycle:
         self._ever_cache: dict[tuple[str, Shape], bool] = {}
         self._no_shadow: set[tuple[str, Shape]] = set()
         self._failed_heads: dict[tuple[object, ...], PendingRecord] = {}
+        self._max_available: dict[str, int] = {}
+        self._smallest_request = 0
+        self._room_left = True  # some member may still have unused nominal quota (shrinks)
 
     # -- 4. order ------------------------------------------------------------------------
 
@@ -197,38 +202,84 @@ class _Cycle:
         heap = [(key_of(q[-1]), member) for member, q in queues.items()]
         heapq.heapify(heap)
         top_priority = max((h.priority for h in heads), default=0)
+        self._smallest_request = min(
+            (s.gpus for h in heads for _, s in h.shapes if s is not None), default=0
+        )
         while heap:
             key, member = heapq.heappop(heap)
             if not self.explain and self._nothing_left_to_decide(key, top_priority):
                 break
             queue = queues[member]
             try_head(queue.pop())
+            if try_head == self.try_nuri:
+                self._skip_failed(queue)
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
+
+    def _skip_failed(self, queue: list[_Head]) -> None:
+        """Settle, right away, the member's next heads that must fail like an earlier one.
+
+        They would wait anyway (see ``_failed_heads``); settling them now means a blocked
+        job never holds back a later job of the same member that could still start or
+        reclaim (e.g. a small in-nominal job behind a large borrowing one).
+        """
+        failed, now = self._failed_heads, self.state.now
+        while queue and failed:
+            head = queue[-1]
+            record = failed.get(self._signature(head, now + head.job.max_runtime))
+            if record is None:
+                return
+            queue.pop()
+            self.waiting.append(PendingRecord(head.job, record.reasons, record.eta_pool))
+
+    def _quota_closed(self, pool: str) -> bool:
+        # Availability only shrinks during a cycle, so a cached maximum is an upper bound.
+        best = self._max_available.get(pool)
+        if best is None:
+            tree = self.state.tree
+            best = max((tree.available(m, pool) for m in self.state.members), default=0)
+            self._max_available[pool] = best
+        return best < self._smallest_request
+
+    def _nominal_room_left(self) -> bool:
+        if self._room_left:
+            tree, smallest = self.state.tree, self._smallest_request
+            self._room_left = any(
+                tree.unused_nominal(m, p) >= smallest
+                for m in self.state.members
+                for p in self.state.index
+            )
+        return self._room_left
 
     def _nothing_left_to_decide(self, key: TournamentKey, top_priority: int) -> bool:
         """True when no remaining head can be admitted, preempt or reserve (exactly).
 
         Only used without explanations (the simulator), where waiting jobs produce no
-        output: then the decisions are the same as if every head had been tried. Every GPU
-        is taken (nothing to admit), every pool already holds its one reservation, and
-        either the preemption searches are used up or -- past the in-nominal heads, which
-        could reclaim -- no remaining head outranks any possible victim.
+        output: then the decisions are the same as if every head had been tried. In every
+        pool either the quota tree has no room left for the smallest request or every GPU
+        is taken and the pool already holds its one reservation (nothing to admit or
+        reserve); and either the preemption searches are used up, or no job can still be
+        in nominal quota (which could reclaim) and no remaining head outranks any victim.
         """
         state = self.state
+        nuri = state.config.policy == "nuri"
         for name, index in state.index.items():
+            if nuri and self._quota_closed(name):
+                continue  # nobody may take a GPU here: no admission, no reservation
             if index.free_total > 0:
                 return False
             reservation = state.reservations.get(name)
             if reservation is not None and reservation.held:
                 return False
-            if reservation is None and state.config.backfill and state.config.policy == "nuri":
+            if reservation is None and state.config.backfill and nuri:
                 return False
-        if state.config.policy != "nuri":
+        if not nuri:
             return True
         if state.preemption_attempts >= state.config.max_preemption_attempts:
             return True
-        if key[0] == 0:
+        # A member whose head borrows may have an in-nominal job behind it, which could
+        # reclaim: only past the point where no member has nominal room left may we stop.
+        if key[0] == 0 or self._nominal_room_left():
             return False
         for name in state.index:
             floor = victim_floor(state, name)
