@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from controlplane.cli.admin import admin_app, datasets_app
+from controlplane.cli.audit import audit_app
 from controlplane.cli.jobs import jobs_app, submit
 from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(audit_app, name="audit")
 app.command()(submit)
 app.command()(plan)
 app.command()(simulate)
@@ -43,6 +45,7 @@ def up(
     from controlplane import demo as demo_seed
     from controlplane import ray_runtime
     from controlplane.api.app import bootstrap_result, create_app
+    from controlplane.audit.checkpointer import AuditCheckpointer
     from controlplane.db.types import utcnow
     from controlplane.scheduler import SchedulerLoop
     from controlplane.services.inventory import list_pools, pool_capacity
@@ -93,6 +96,10 @@ def up(
         )
     scheduler = SchedulerLoop(engine)
     scheduler.start()
+    checkpointer = AuditCheckpointer(
+        engine, api.state.audit_key, settings.audit_checkpoint_interval_s
+    )
+    checkpointer.start()
     console.print(
         f"Nuri API at http://{settings.host}:{settings.port} "
         f"(docs at /docs, database {engine.dialect.name})"
@@ -100,6 +107,7 @@ def up(
     try:
         uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
     finally:
+        checkpointer.stop()
         scheduler.stop()
         if ray:
             ray_runtime.stop()

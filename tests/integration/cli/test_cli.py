@@ -240,3 +240,36 @@ def test_not_logged_in_and_unreachable(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "not logged in" in r.output
     r = nuri("http://127.0.0.1:9", ADMIN_TOKEN, "jobs", "list")
     assert r.exit_code == 1 and "cannot reach Nuri" in r.output
+
+
+def test_audit_verify_and_export(server: str, tmp_path: Path) -> None:
+    assert (
+        nuri(
+            server,
+            ADMIN_TOKEN,
+            "admin",
+            "members",
+            "create",
+            "audit-lab",
+            "--display-name",
+            "Audit Lab",
+        ).exit_code
+        == 0
+    )
+    r = nuri(server, ADMIN_TOKEN, "audit", "checkpoint")
+    assert r.exit_code == 0 and "signed" in r.output, r.output
+    r = nuri(server, ADMIN_TOKEN, "audit", "verify")
+    assert r.exit_code == 0 and "platform" in r.output, r.output
+    r = nuri(server, ADMIN_TOKEN, "audit", "events", "--json")
+    assert r.exit_code == 0 and "member.create" in r.output
+    out = tmp_path / "export"
+    r = nuri(server, ADMIN_TOKEN, "audit", "export", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    r = nuri(server, None, "audit", "verify", "--offline", str(out))
+    assert r.exit_code == 0, r.output
+    events = (out / "events.jsonl").read_text().replace("member.create", "member.delete")
+    (out / "events.jsonl").write_text(events)
+    r = nuri(server, None, "audit", "verify", "--offline", str(out))
+    assert r.exit_code == 1 and "FAILED" in r.output and "first bad seq" in r.output
+    r = nuri(server, None, "audit", "verify", "--offline", str(tmp_path / "nothing"))
+    assert r.exit_code == 2 and "not an audit export" in r.output
