@@ -6,4 +6,91 @@ information is the union).
 
 Invariants: no I/O beyond reading the policy files shipped in this package; no database, web,
 Ray or torch imports; no clock. An error during evaluation is a denial.
+
+Public API
+----------
+Facts (plain frozen dataclasses, built by the control plane from its rows):
+
+- ``Labels`` (``from_dict`` / ``to_dict`` of the stored JSON), ``Classification``
+  (``OPEN < SENSITIVE < CLASSIFIED``; CSAP grades accepted by ``Classification.parse``),
+  ``effective_label(inputs)`` for derived artifacts, ``InvalidLabels`` (code
+  ``invalid_labels``);
+- ``PoolFacts(name, region, jurisdiction, max_classification)``: admin-asserted pool facts;
+- ``ArtifactFacts(ref, labels, kind, member)``, ``ArtifactKind``, ``Destination``;
+- ``Caller(user_id, role, member)``, ``Role``, ``Action``, and the objects of access:
+  ``JobFacts``, ``MemberRef``, ``AuditStream``, ``Platform``.
+
+Decisions: ``PolicyEngine`` (``shipped()`` or ``from_text(policies, schema, release)``) with
+``placement(inputs, pool)``, ``allowed_pools(inputs, pools)``,
+``allowed_pools_for_jobs(jobs, pools)``, ``export(artifact, region, jurisdiction, ...)``,
+``authorize(caller, action, resource, destination=...)``, ``authorize_batch(requests)``,
+``policy_set_hash`` and ``version``. The module-level ``placement``, ``allowed_pools``,
+``export`` and ``authorize`` use the shipped policies. Each returns a ``Decision(allowed,
+policy_ids, reasons, errors, policy_set_hash)`` with ``to_dict()``.
+
+Rule ids (``@id`` in ``policies/cedar/*.cedar``): ``residency.schedule.{permit,region,
+classification,personal-info-transfer}``, ``residency.export.{region,classification,
+personal-info-transfer}``, ``access.*``; engine-level ids ``nuri.evaluation-error`` and
+``nuri.no-inputs``.
 """
+
+from policies.decision import Decision, DecisionCache
+from policies.engine import (
+    EVALUATION_ERROR_ID,
+    NO_INPUTS_ID,
+    AccessRequest,
+    PolicyEngine,
+    allowed_pools,
+    authorize,
+    default_engine,
+    export,
+    placement,
+)
+from policies.facts import (
+    AccessResource,
+    Action,
+    ArtifactFacts,
+    ArtifactKind,
+    AuditStream,
+    Caller,
+    Destination,
+    JobFacts,
+    MemberRef,
+    Platform,
+    PoolFacts,
+    Role,
+)
+from policies.labels import Classification, InvalidLabels, Labels, effective_label
+from policies.policy_set import CompiledPolicySet, PolicySetInvalid
+
+__all__ = [
+    "EVALUATION_ERROR_ID",
+    "NO_INPUTS_ID",
+    "AccessRequest",
+    "AccessResource",
+    "Action",
+    "ArtifactFacts",
+    "ArtifactKind",
+    "AuditStream",
+    "Caller",
+    "Classification",
+    "CompiledPolicySet",
+    "Decision",
+    "DecisionCache",
+    "Destination",
+    "InvalidLabels",
+    "JobFacts",
+    "Labels",
+    "MemberRef",
+    "Platform",
+    "PolicyEngine",
+    "PolicySetInvalid",
+    "PoolFacts",
+    "Role",
+    "allowed_pools",
+    "authorize",
+    "default_engine",
+    "effective_label",
+    "export",
+    "placement",
+]
