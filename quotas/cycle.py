@@ -84,30 +84,29 @@ class CycleState:
             use_history=self.config.policy == "nuri",
         )
         self.running: dict[str, list[RunningRecord]] = {p: [] for p in self.pools}
-        running_by_member: dict[str, list[RunningWorkload]] = {}
         used: dict[tuple[str, str], int] = {}
-        classes = self.classes
+        rank = {c.name: (c.value, c.preemptible) for c in snapshot.priority_classes}
+        positions = {name: index.position for name, index in self.index.items()}
         # Input order does not matter: every later use sorts or breaks ties on ids.
         for job in snapshot.running:
-            running_by_member.setdefault(job.member, []).append(job)
-            if job.pool not in self.pools:
+            position = positions.get(job.pool)
+            if position is None:
                 continue
-            position = self.index[job.pool].position
-            placement = [(position[n], g) for n, g in job.assignments if n in position]
-            gpus = sum(g for _, g in placement)
-            pclass = classes.get(job.priority_class)
+            if len(job.assignments) == 1:  # the common case, kept cheap
+                ((where, gpus),) = job.assignments
+                placement = [(position[where], gpus)] if where in position else []
+                gpus = gpus if placement else 0
+            else:
+                placement = [(position[n], g) for n, g in job.assignments if n in position]
+                gpus = sum(g for _, g in placement)
+            value, preemptible = rank.get(job.priority_class, (0, True))
             end = job.preempting_until
             if end is None:
-                end = max(now, job.started_at + job.max_runtime)
+                end = job.started_at + job.max_runtime
+                if end < now:
+                    end = now
             self.running[job.pool].append(
-                RunningRecord(
-                    job,
-                    placement,
-                    pclass.value if pclass else 0,
-                    pclass.preemptible if pclass else True,
-                    end,
-                    gpus,
-                )
+                RunningRecord(job, placement, value, preemptible, end, gpus)
             )
             key = (job.member, job.pool)
             used[key] = used.get(key, 0) + gpus
@@ -115,6 +114,10 @@ class CycleState:
             if who in self.tree.member_index:
                 self.tree.add_usage(who, pool, gpus)
                 self.fair.add(who, pool, gpus)
+        running_by_member: dict[str, list[RunningWorkload]] = {}
+        if any(m.budget is not None for m in self.members.values()):
+            for job in snapshot.running:
+                running_by_member.setdefault(job.member, []).append(job)
         # Budget headroom only for members with a budget; others are unlimited.
         self.headroom: dict[str, float] = {}
         for member in self.members.values():
