@@ -73,7 +73,21 @@ _STAMP: dict[JobStatus, str] = {
 }
 
 # Fields a transition may set alongside the status; anything else is a programming error.
-_SETTABLE = frozenset({"pool", "reasons", "checkpoint_uri", "attempt"})
+_SETTABLE = frozenset(
+    {
+        "pool",
+        "reasons",
+        "checkpoint_uri",
+        "attempt",
+        "assignment",
+        "last_checkpoint_at",
+        "times_preempted",
+        "preempt_deadline",
+        "observed_events",
+        "queue_position",
+        "eta",
+    }
+)
 
 
 def allowed(src: JobStatus, dst: JobStatus) -> bool:

@@ -22,12 +22,22 @@ class RayInfo:
     resources: dict[str, float]
 
 
-def pool_resources(pool_gpus: dict[str, int]) -> dict[str, float]:
-    return {f"pool:{name}": float(gpus) for name, gpus in sorted(pool_gpus.items()) if gpus > 0}
+def pool_resources(pool_gpus: dict[str, int], node_names: list[str] = []) -> dict[str, float]:  # noqa: B006
+    """``pool:<name>`` per pool (its GPUs) and ``nuri-node:<name>`` per node it hosts."""
+    out = {f"pool:{name}": float(gpus) for name, gpus in sorted(pool_gpus.items()) if gpus > 0}
+    out.update({f"nuri-node:{n}": 1.0 for n in node_names})
+    return out
 
 
-def start(pool_gpus: dict[str, int], address: str | None = None) -> RayInfo:
-    """Start (or join, when ``address`` is given) Ray for this control plane."""
+def start(
+    pool_gpus: dict[str, int], address: str | None = None, node_names: list[str] | None = None
+) -> RayInfo:
+    """Start (or join, when ``address`` is given) Ray for this control plane.
+
+    A local Ray is one Ray node standing in for every registered node: it advertises each
+    node's ``nuri-node:<name>`` resource, so placement groups are pinned exactly as they would
+    be on a cluster with one Ray node per machine.
+    """
     import ray
 
     if address:
@@ -36,7 +46,7 @@ def start(pool_gpus: dict[str, int], address: str | None = None) -> RayInfo:
         ctx = ray.init(
             num_cpus=max(2, os.cpu_count() or 2),
             num_gpus=sum(pool_gpus.values()),
-            resources=pool_resources(pool_gpus),
+            resources=pool_resources(pool_gpus, node_names or []),
             namespace="nuri",
             include_dashboard=False,
             log_to_driver=False,

@@ -343,8 +343,14 @@ class JobPublic(Output):
     attempt: int
     max_retries: int
     reasons: list[dict[str, Any]]
+    queue_position: int | None = None
+    eta: datetime | None = None
     pool: str | None
+    assignment: list[list[Any]] = Field(default_factory=list)
     checkpoint_uri: str | None
+    last_checkpoint_at: datetime | None = None
+    times_preempted: int = 0
+    preempt_deadline: datetime | None = None
     created_at: datetime
     updated_at: datetime
     admitted_at: datetime | None

@@ -47,7 +47,7 @@ def up(
     from controlplane.api.app import bootstrap_result, create_app
     from controlplane.audit.checkpointer import AuditCheckpointer
     from controlplane.db.types import utcnow
-    from controlplane.scheduler import SchedulerLoop
+    from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
     from controlplane.services.inventory import list_pools, pool_capacity
     from controlplane.settings import Settings
 
@@ -84,18 +84,27 @@ def up(
             f"demo consortium: {summary.members} members, {summary.pools} pools "
             f"({summary.created} objects created now)"
         )
+    scheduler = None
     if ray:
-        from sqlmodel import Session
+        from sqlmodel import Session, select
+
+        from controlplane.db.models import Node
 
         with Session(engine) as s:
             gpus = {p.name: pool_capacity(s, p.id)[1] for p in list_pools(s)}
-        info = ray_runtime.start(gpus, settings.ray_address)
+            node_names = list(s.exec(select(Node.name)).all())
+        info = ray_runtime.start(gpus, settings.ray_address, node_names)
         console.print(
             f"ray: {info.address or 'local'} with "
             f"{int(info.resources.get('GPU', 0))} logical GPUs in {len(gpus)} pools"
         )
-    scheduler = SchedulerLoop(engine)
-    scheduler.start()
+        scheduler = SchedulerService(
+            engine,
+            RayExecutor(),
+            SchedulerConfig(checkpoint_root=(settings.home / "checkpoints").resolve()),
+        )
+        api.state.scheduler_wake = scheduler.wake
+        scheduler.start()
     checkpointer = AuditCheckpointer(
         engine, api.state.audit_key, settings.audit_checkpoint_interval_s
     )
@@ -108,7 +117,8 @@ def up(
         uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
     finally:
         checkpointer.stop()
-        scheduler.stop()
+        if scheduler is not None:
+            scheduler.stop()
         if ray:
             ray_runtime.stop()
 

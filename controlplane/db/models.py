@@ -239,7 +239,18 @@ class Job(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
     pool: str | None = Field(default=None, max_length=63)
+    # ((node name, GPUs), ...) chosen by the engine for the current attempt.
+    assignment: list[list[Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     checkpoint_uri: str | None = Field(default=None, max_length=1000)
+    last_checkpoint_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    times_preempted: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    preempt_deadline: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Events of the current attempt already stored (so a re-read after a crash adds none).
+    observed_events: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    queue_position: int | None = None
+    eta: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     admitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -330,3 +341,40 @@ class AuditCheckpoint(SQLModel, table=True):
     at: datetime = Field(sa_type=UTCDateTime)
     key_id: str = Field(max_length=64)
     signature: str = Field(max_length=200)
+
+
+# --- scheduler -----------------------------------------------------------------------------
+
+
+class SchedulerLease(SQLModel, table=True):
+    """Leader election: whoever holds an unexpired lease schedules.
+
+    ``token`` grows by one at every change of holder and fences writes: each scheduler
+    transaction first renews the lease *with its token*, so a stale leader's writes fail.
+    """
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=100)
+    token: int
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class JobMetric(SQLModel, table=True):
+    """A metrics sample reported by a job's workers (loss, tokens/s, step time ...)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    attempt: int
+    at: datetime = Field(sa_type=UTCDateTime)
+    step: int
+    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class JobLog(SQLModel, table=True):
+    """A line of a job's log as seen by its supervisor."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    attempt: int
+    at: datetime = Field(sa_type=UTCDateTime)
+    line: str = Field(max_length=4000)

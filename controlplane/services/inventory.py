@@ -16,6 +16,7 @@ from controlplane.auth import Principal
 from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass, Quota, UsageRecord
 from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, InvalidRequest, NotFound
+from controlplane.scheduler.usage import running_gpu_seconds
 from controlplane.services import catalog, lookup, paging
 
 DEFAULT_PRIORITY_CLASSES = (
@@ -362,18 +363,22 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def used_gpu_hours(session: Session, member_id: str, period: str) -> float:
-    total = session.exec(
-        select(func.coalesce(func.sum(UsageRecord.gpu_seconds), 0.0)).where(
-            UsageRecord.member_id == member_id, UsageRecord.period == period
+def used_gpu_hours(session: Session, member_id: str, start: datetime, end: datetime) -> float:
+    """GPU-hours of closed and running attempts inside [start, end) (records split monthly)."""
+    rows = session.exec(
+        select(UsageRecord).where(
+            UsageRecord.member_id == member_id,
+            col(UsageRecord.started_at) >= start,
+            col(UsageRecord.started_at) < end,
         )
-    ).one()
-    return float(total) / 3600.0
+    ).all()
+    now = utcnow()
+    return sum(running_gpu_seconds(r, now) for r in rows) / 3600.0
 
 
 def budget_public(session: Session, row: Budget) -> schemas.BudgetPublic:
     out = schemas.BudgetPublic.model_validate(row)
-    out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.period)
+    out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.starts_at, row.ends_at)
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from controlplane.api import schemas
 from controlplane.api.deps import CallerDep, PageDep, SessionDep, SettingsDep
@@ -25,6 +25,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     },
 )
 def submit_job(
+    request: Request,
     body: schemas.JobCreate,
     response: Response,
     session: SessionDep,
@@ -35,6 +36,9 @@ def submit_job(
     job, created = jobs.submit(
         session, caller, body, idempotency_key, utcnow(), settings.default_job_retries
     )
+    wake = getattr(request.app.state, "scheduler_wake", None)
+    if created and wake is not None:
+        wake()  # event-driven: a submission triggers a cycle (the periodic tick is the floor)
     if not created:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"

@@ -1,0 +1,204 @@
+"""Ray adapter: inventory, placement groups pinned to the engine's nodes, supervisors.
+
+Every object is named from the job (``nuri-job-<id>`` for the supervisor,
+``nuri-job-<id>-a<attempt>`` for the placement group) so that a retry, or a control plane
+restarted mid-launch, finds what an earlier attempt created instead of creating it twice.
+
+Nodes are identified by a custom resource ``nuri-node:<name>`` that each Ray node advertises
+for the Nuri nodes it hosts (one each on a real cluster; all of them on a one-machine local
+Ray). Pools are ``pool:<name>`` resources; GPUs are Ray's ``GPU`` (logical on CPU machines).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from controlplane.scheduler.supervisor import JobSupervisor
+
+log = logging.getLogger("nuri.scheduler.ray")
+
+NODE_PREFIX = "nuri-node:"
+POOL_PREFIX = "pool:"
+# A token amount of the node's resource: enough to pin a bundle, never a real constraint.
+PIN = 0.001
+
+
+def supervisor_name(job_id: str) -> str:
+    return f"nuri-job-{job_id}"
+
+
+def placement_group_name(job_id: str, attempt: int) -> str:
+    return f"nuri-job-{job_id}-a{attempt}"
+
+
+class PlacementFailed(Exception):
+    """Ray could not reserve the bundles in time (inventory and Ray disagree)."""
+
+
+class SupervisorLost(Exception):
+    """The supervisor actor died or its node is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    # Nuri node name -> Ray node id, for alive Ray nodes only.
+    alive: dict[str, str] = field(default_factory=dict)
+    # Ray nodes advertising Nuri nodes or pools that the admin registry does not know.
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    job_id: str
+    attempt: int
+    pool: str
+    assignment: tuple[tuple[str, int], ...]
+    config: dict[str, Any]
+    checkpoint_dir: str
+    resume_from: str | None = None
+
+
+class RayExecutor:
+    def __init__(self, ready_timeout_s: float = 30.0, call_timeout_s: float = 15.0) -> None:
+        self.ready_timeout_s = ready_timeout_s
+        self.call_timeout_s = call_timeout_s
+
+    # --- inventory -------------------------------------------------------------------------
+
+    def inventory(self, registered: set[str]) -> Inventory:
+        alive: dict[str, str] = {}
+        unknown: list[str] = []
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            if not node.get("Alive"):
+                continue
+            resources: dict[str, float] = node.get("Resources", {})
+            names = [k[len(NODE_PREFIX) :] for k in resources if k.startswith(NODE_PREFIX)]
+            for name in names:
+                if name in registered:
+                    alive[name] = node["NodeID"]
+                else:
+                    unknown.append(
+                        f"ray node {node['NodeID'][:12]} advertises unregistered node {name}"
+                    )
+            if not names and any(k.startswith(POOL_PREFIX) for k in resources):
+                unknown.append(
+                    f"ray node {node['NodeID'][:12]} offers a pool but names no Nuri node"
+                )
+        return Inventory(alive=alive, unknown=tuple(sorted(unknown)))
+
+    # --- launch ----------------------------------------------------------------------------
+
+    def _placement_group(self, spec: LaunchSpec, ray_nodes: dict[str, str]) -> PlacementGroup:
+        name = placement_group_name(spec.job_id, spec.attempt)
+        try:
+            found: PlacementGroup = ray.util.get_placement_group(name)
+            return found
+        except ValueError:
+            pass
+        bundles = [
+            {"GPU": float(g), f"{POOL_PREFIX}{spec.pool}": float(g), f"{NODE_PREFIX}{n}": PIN}
+            for n, g in spec.assignment
+        ]
+        hosts = {ray_nodes.get(n, n) for n, _ in spec.assignment}
+        if len(bundles) == 1:
+            strategy = "STRICT_PACK"
+        elif len(hosts) == len(bundles):
+            strategy = "STRICT_SPREAD"
+        else:  # several Nuri nodes on one Ray node (local mode): the pins do the placing
+            strategy = "PACK"
+        created: PlacementGroup = placement_group(
+            bundles, strategy=strategy, name=name, lifetime="detached"
+        )
+        return created
+
+    def launch(self, spec: LaunchSpec, ray_nodes: dict[str, str]) -> None:
+        """Reserve the bundles and start the supervisor; safe to call again after a crash."""
+        pg = self._placement_group(spec, ray_nodes)
+        try:
+            ray.get(pg.ready(), timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            raise PlacementFailed(
+                f"placement group for {spec.job_id} not ready in {self.ready_timeout_s}s"
+            ) from None
+        existing = self._supervisor(spec.job_id)
+        if existing is not None:
+            info = ray.get(existing.ping.remote(), timeout=self.call_timeout_s)
+            if info["attempt"] == spec.attempt:
+                return
+            ray.kill(existing)  # a stale attempt's supervisor: its bundles are gone
+        payload = {
+            "config": spec.config,
+            "checkpoint_dir": spec.checkpoint_dir,
+            "resume_from": spec.resume_from,
+            "placement_group": placement_group_name(spec.job_id, spec.attempt),
+            "pool_resource": f"{POOL_PREFIX}{spec.pool}",
+        }
+        ray.remote(JobSupervisor).options(
+            name=supervisor_name(spec.job_id),
+            lifetime="detached",
+            num_cpus=0,
+            max_concurrency=8,
+            max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=0
+            ),
+        ).remote(spec.job_id, spec.attempt, payload, [g for _, g in spec.assignment])
+
+    # --- observe and control ---------------------------------------------------------------
+
+    def _supervisor(self, job_id: str) -> Any | None:
+        try:
+            return ray.get_actor(supervisor_name(job_id))
+        except ValueError:
+            return None
+
+    def status(self, job_id: str, attempt: int, after_event: int) -> dict[str, Any] | None:
+        """The supervisor's report, None when no supervisor of this attempt exists."""
+        sup = self._supervisor(job_id)
+        if sup is None:
+            return None
+        try:
+            info = ray.get(sup.ping.remote(), timeout=self.call_timeout_s)
+            if info["attempt"] != attempt:
+                return None
+            out: dict[str, Any] = ray.get(
+                sup.status.remote(after_event), timeout=self.call_timeout_s * 2
+            )
+            return out
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise SupervisorLost(f"supervisor of {job_id} lost: {type(exc).__name__}") from exc
+        except ray.exceptions.GetTimeoutError as exc:
+            raise SupervisorLost(f"supervisor of {job_id} does not answer") from exc
+
+    def preempt(self, job_id: str, deadline: float) -> None:
+        sup = self._supervisor(job_id)
+        if sup is not None:
+            sup.preempt.remote(deadline)
+
+    def teardown(self, job_id: str, attempt: int) -> None:
+        """Kill the supervisor (its ranks die with it) and free the bundles. Idempotent."""
+        sup = self._supervisor(job_id)
+        if sup is not None:
+            ray.kill(sup, no_restart=True)
+        try:
+            pg = ray.util.get_placement_group(placement_group_name(job_id, attempt))
+        except ValueError:
+            return
+        remove_placement_group(pg)
+
+    def placement(self, job_id: str, attempt: int) -> list[str] | None:
+        """Ray node ids holding the job's bundles, in bundle order (for checks and tests)."""
+        try:
+            pg = ray.util.get_placement_group(placement_group_name(job_id, attempt))
+        except ValueError:
+            return None
+        table = ray.util.placement_group_table(pg)
+        nodes = table.get("bundles_to_node_id", {})
+        return [nodes[i] for i in sorted(nodes)]

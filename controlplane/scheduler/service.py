@@ -1,0 +1,542 @@
+"""The scheduling cycle: database + live Ray inventory -> quotas.admit -> guarded writes -> Ray.
+
+One ``tick``, in the numbered phases of Kueue's cycle:
+
+0. lead: take or renew the lease; a standby does nothing else;
+1. observe: poll every job that holds GPUs, store its progress and move it on
+   (RUNNING -> SUCCEEDED / FAILED / QUEUED after preemption or an infrastructure failure,
+   CANCELLED -> torn down), enforce max runtimes and preemption deadlines;
+2. snapshot: pools, nodes alive in Ray, quotas, budgets, usage, running and queued jobs;
+3. decide: ``quotas.admit(snapshot, now)``;
+4. apply: admissions, preemption notices and pending reasons in one fenced transaction;
+5. act: create placement groups and supervisors, send notices -- outside any transaction --
+   then mark the launched jobs RUNNING and start their usage records.
+
+Ray calls never happen inside a database transaction (dstack's rule): each phase reads,
+releases the session, talks to Ray, then writes with guards (``status = :expected`` and the
+lease's fencing token). A crash between any two steps leaves rows that the next tick, on this
+instance or another, completes: names are deterministic, so nothing is created twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+import quotas
+from controlplane.audit import log as audit_log
+from controlplane.db.models import Job, JobEvent, JobLog, JobMetric, Node
+from controlplane.db.types import utcnow
+from controlplane.errors import InvalidTransition
+from controlplane.jobstate import JobStatus, transition
+from controlplane.scheduler import lease
+from controlplane.scheduler.executor import (
+    Inventory,
+    LaunchSpec,
+    PlacementFailed,
+    RayExecutor,
+    SupervisorLost,
+)
+from controlplane.scheduler.snapshot import build, held_assignments
+from controlplane.scheduler.usage import close_usage, open_usage
+
+log = logging.getLogger("nuri.scheduler")
+S = JobStatus
+
+
+@dataclass
+class CycleReport:
+    leader: bool
+    token: int | None = None
+    admitted: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    finished: dict[str, str] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
+    unknown_nodes: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    checkpoint_root: Path
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    lease_ttl_s: float = 15.0
+    interval_s: float = 2.0
+    engine: quotas.EngineConfig = field(default_factory=quotas.EngineConfig)
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        db: Engine,
+        executor: RayExecutor,
+        config: SchedulerConfig,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.ray = executor
+        self.config = config
+        self.clock = clock
+        self.token: int | None = None
+        self.last_report: CycleReport | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- phase 0: leadership ---------------------------------------------------------------
+
+    def _fence(self, s: Session, now: datetime) -> None:
+        if self.token is None:
+            raise lease.NotLeader("not leading")
+        lease.fence(s, self.config.holder, self.token, now, self.config.lease_ttl_s)
+
+    def tick(self) -> CycleReport:
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self.token = lease.acquire(s, self.config.holder, now, self.config.lease_ttl_s)
+        report = CycleReport(leader=self.token is not None, token=self.token)
+        if self.token is None:
+            self.last_report = report
+            return report
+        try:
+            inventory = self._inventory()
+            report.unknown_nodes = inventory.unknown
+            self._observe(inventory, report)
+            self._schedule(inventory, report)
+        except lease.NotLeader as exc:
+            log.warning("stepping down: %s", exc)
+            report.error = str(exc)
+            report.leader = False
+            self.token = None
+        self.last_report = report
+        return report
+
+    def _inventory(self) -> Inventory:
+        with Session(self.db) as s:
+            registered = set(s.exec(select(Node.name)).all())
+        inv = self.ray.inventory(registered)
+        for line in inv.unknown:
+            log.warning("inventory: %s (not used)", line)
+        return inv
+
+    # --- phase 1: observe ------------------------------------------------------------------
+
+    def _observe(self, inventory: Inventory, report: CycleReport) -> None:
+        with Session(self.db, expire_on_commit=False) as s:
+            jobs = held_assignments(s)
+        for job in jobs:
+            try:
+                self._observe_one(job, inventory, report)
+            except InvalidTransition as exc:
+                # Someone else (a cancel, another tick) moved the job first: next tick sees it.
+                log.info("job %s moved underneath us: %s", job.id, exc.message)
+
+    def _observe_one(self, job: Job, inventory: Inventory, report: CycleReport) -> None:
+        status = S(job.status)
+        if status in (S.CANCELLED, S.SUCCEEDED, S.FAILED, S.QUEUED):
+            # Finished (or requeued) but still holding Ray resources: free them exactly once.
+            self.ray.teardown(job.id, job.attempt)
+            self._release(job, job.finished_at or self.clock(), report)
+            return
+        lost_nodes = [n for n, _ in job.assignment if n not in inventory.alive]
+        try:
+            sup = self.ray.status(job.id, job.attempt, job.observed_events)
+        except SupervisorLost as exc:
+            self._infrastructure_failure(job, str(exc), report)
+            return
+        if sup is None:
+            if status is S.ADMITTED:
+                self._launch(job, inventory, report)  # admitted, never launched (crash)
+            else:
+                self._infrastructure_failure(job, "supervisor is gone", report)
+            return
+        self._store_events(job, sup["events"])
+        now = self.clock()
+        if status is S.ADMITTED:
+            self._mark_running(job, report)
+            return
+        if lost_nodes and sup["state"] not in ("succeeded",):
+            self._infrastructure_failure(job, f"node(s) lost: {', '.join(lost_nodes)}", report)
+            return
+        if sup["state"] == "succeeded":
+            self._finish(job, S.SUCCEEDED, "all ranks finished", report)
+        elif sup["state"] == "failed":
+            errs = "; ".join(sup["errors"]) or "a rank failed"
+            if any("lost" in e for e in sup["errors"]):
+                self._infrastructure_failure(job, errs, report)
+            else:
+                self._finish(job, S.FAILED, errs, report)
+        elif sup["state"] == "preempted" or (
+            status is S.PREEMPTING and job.preempt_deadline and now >= job.preempt_deadline
+        ):
+            self._requeue_after_preemption(job, report)
+        elif job.started_at and (now - job.started_at).total_seconds() > job.max_runtime_s:
+            self._finish(
+                job,
+                S.FAILED,
+                f"exceeded its max runtime of {job.max_runtime_s}s",
+                report,
+                code="max_runtime_exceeded",
+            )
+
+    def _store_events(self, job: Job, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            ckpt: dict[str, Any] | None = None
+            for ev in events:
+                at = datetime.fromtimestamp(float(ev.get("at", now.timestamp())), UTC)
+                if ev["type"] == "metric":
+                    s.add(
+                        JobMetric(
+                            job_id=job.id,
+                            attempt=job.attempt,
+                            at=at,
+                            step=int(ev["step"]),
+                            values=ev["values"],
+                        )
+                    )
+                elif ev["type"] == "log":
+                    s.add(
+                        JobLog(
+                            job_id=job.id,
+                            attempt=job.attempt,
+                            at=at,
+                            line=f"[rank {ev.get('rank', 0)}] {ev['line']}"[:4000],
+                        )
+                    )
+                elif ev["type"] == "checkpoint" and ev.get("rank", 0) == 0:
+                    ckpt = {"uri": ev["uri"], "step": ev["step"], "at": at}
+            values: dict[str, Any] = {"observed_events": job.observed_events + len(events)}
+            if ckpt is not None:
+                values.update(checkpoint_uri=ckpt["uri"], last_checkpoint_at=ckpt["at"])
+                s.add(
+                    JobEvent(
+                        job_id=job.id,
+                        at=ckpt["at"],
+                        type="checkpoint",
+                        attempt=job.attempt,
+                        message=f"checkpoint at step {ckpt['step']}",
+                        details={"uri": ckpt["uri"], "step": ckpt["step"]},
+                    )
+                )
+            # Guarded on the attempt and the count we read, so a concurrent tick cannot store
+            # the same events twice.
+            result = s.execute(
+                update(Job)
+                .where(
+                    col(Job.id) == job.id,
+                    col(Job.attempt) == job.attempt,
+                    col(Job.observed_events) == job.observed_events,
+                )
+                .values(**values)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return
+            s.commit()
+        job.observed_events += len(events)
+        if ckpt is not None:
+            job.checkpoint_uri, job.last_checkpoint_at = ckpt["uri"], ckpt["at"]
+
+    # --- transitions after observation -----------------------------------------------------
+
+    def _release(self, job: Job, ended_at: datetime, report: CycleReport) -> None:
+        """The Ray side is gone: close usage and clear the assignment, once."""
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, self.clock())
+            close_usage(s, job.id, job.attempt, ended_at)
+            s.execute(
+                update(Job)
+                .where(col(Job.id) == job.id, col(Job.attempt) == job.attempt)
+                .values(assignment=[])
+            )
+            s.commit()
+        self._wake.set()
+
+    def _finish(
+        self, job: Job, to: JobStatus, message: str, report: CycleReport, code: str | None = None
+    ) -> None:
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            transition(
+                s,
+                job.id,
+                expected=S(job.status),
+                to=to,
+                now=now,
+                message=message,
+                reasons=[{"code": code or to.value.lower(), "message": message}],
+            )
+            audit_log.record(
+                s,
+                None,
+                f"job.{to.value.lower()}",
+                "job",
+                job.id,
+                stream=job.member_id,
+                now=now,
+                outcome="success" if to is S.SUCCEEDED else "failure",
+                details={"message": message, "attempt": job.attempt},
+            )
+            s.commit()
+        self.ray.teardown(job.id, job.attempt)
+        job.status = to.value
+        self._release(job, now, report)
+        report.finished[job.id] = to.value
+
+    def _infrastructure_failure(self, job: Job, why: str, report: CycleReport) -> None:
+        if job.attempt > job.max_retries:
+            self._finish(
+                job, S.FAILED, f"{why}; no retries left", report, code="infrastructure_failure"
+            )
+            return
+        self._requeue(
+            job,
+            f"{why}; retrying from the last checkpoint",
+            "infrastructure_failure",
+            report,
+            preempted=False,
+        )
+
+    def _requeue_after_preemption(self, job: Job, report: CycleReport) -> None:
+        self._requeue(
+            job, "preempted; will resume from its checkpoint", "preempted", report, preempted=True
+        )
+
+    def _requeue(
+        self, job: Job, message: str, code: str, report: CycleReport, preempted: bool
+    ) -> None:
+        now = self.clock()
+        self.ray.teardown(job.id, job.attempt)
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            close_usage(s, job.id, job.attempt, now)
+            transition(
+                s,
+                job.id,
+                expected=S(job.status),
+                to=S.QUEUED,
+                now=now,
+                message=message,
+                reasons=[{"code": code, "message": message}],
+                assignment=[],
+                pool=None,
+                observed_events=0,
+                preempt_deadline=None,
+                times_preempted=job.times_preempted + (1 if preempted else 0),
+            )
+            audit_log.record(
+                s,
+                None,
+                "job.requeue",
+                "job",
+                job.id,
+                stream=job.member_id,
+                now=now,
+                details={
+                    "reason": code,
+                    "message": message,
+                    "attempt": job.attempt,
+                    "checkpoint": job.checkpoint_uri,
+                },
+            )
+            s.commit()
+        report.requeued.append(job.id)
+        self._wake.set()
+
+    def _mark_running(self, job: Job, report: CycleReport) -> None:
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            transition(
+                s,
+                job.id,
+                expected=S.ADMITTED,
+                to=S.RUNNING,
+                now=now,
+                message=f"running on {', '.join(n for n, _ in job.assignment)}",
+                reasons=[],
+            )
+            job.status = S.RUNNING.value
+            open_usage(s, job, now)
+            s.commit()
+        report.launched.append(job.id)
+
+    # --- phases 2-5: snapshot, decide, apply, act ------------------------------------------
+
+    def _schedule(self, inventory: Inventory, report: CycleReport) -> None:
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            snapshot = build(s, set(inventory.alive), now, self.config.engine)
+        decisions = quotas.admit(snapshot, now.timestamp())
+        notices = self._apply(decisions, now, report)
+        for job_id, deadline in notices:
+            self.ray.preempt(job_id, deadline.timestamp())
+        with Session(self.db, expire_on_commit=False) as s:
+            admitted = [
+                j
+                for j in (s.get(Job, a.job_id) for a in decisions.admitted)
+                if j is not None and j.status == S.ADMITTED.value
+            ]
+        for job in admitted:
+            self._launch(job, inventory, report)
+
+    def _apply(
+        self, decisions: quotas.Decisions, now: datetime, report: CycleReport
+    ) -> list[tuple[str, datetime]]:
+        notices: list[tuple[str, datetime]] = []
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            for a in decisions.admitted:
+                job = s.get(Job, a.job_id)
+                if job is None or job.status != S.QUEUED.value:
+                    continue
+                transition(
+                    s,
+                    a.job_id,
+                    expected=S.QUEUED,
+                    to=S.ADMITTED,
+                    now=now,
+                    message=f"admitted to {a.pool}",
+                    pool=a.pool,
+                    assignment=[[n, g] for n, g in a.assignments],
+                    reasons=[],
+                    queue_position=None,
+                    eta=None,
+                    details={"borrowing": a.borrowing},
+                )
+                audit_log.record(
+                    s,
+                    None,
+                    "job.admit",
+                    "job",
+                    a.job_id,
+                    stream=job.member_id,
+                    now=now,
+                    details={
+                        "pool": a.pool,
+                        "borrowing": a.borrowing,
+                        "assignment": [list(x) for x in a.assignments],
+                        "attempt": job.attempt,
+                    },
+                )
+                report.admitted.append(a.job_id)
+            for p in decisions.preempted:
+                deadline = datetime.fromtimestamp(p.grace_deadline, UTC)
+                for victim in p.victims:
+                    job = s.get(Job, victim)
+                    if job is None or job.status != S.RUNNING.value:
+                        continue
+                    transition(
+                        s,
+                        victim,
+                        expected=S.RUNNING,
+                        to=S.PREEMPTING,
+                        now=now,
+                        message=p.message,
+                        preempt_deadline=deadline,
+                        reasons=[{"code": "preempted", "message": p.message}],
+                        details={"for_job": p.for_job, "reason": p.reason},
+                    )
+                    audit_log.record(
+                        s,
+                        None,
+                        "job.preempt",
+                        "job",
+                        victim,
+                        stream=job.member_id,
+                        now=now,
+                        details={
+                            "for_job": p.for_job,
+                            "reason": p.reason,
+                            "grace_deadline": deadline.isoformat(),
+                        },
+                    )
+                    notices.append((victim, deadline))
+                    report.preempted.append(victim)
+            for pend in decisions.pending:
+                reasons = [{"code": r.code, "message": r.message} for r in pend.reasons]
+                eta = datetime.fromtimestamp(pend.eta, UTC) if pend.eta else None
+                s.execute(
+                    update(Job)
+                    .where(col(Job.id) == pend.job_id, col(Job.status) == S.QUEUED.value)
+                    .values(reasons=reasons, queue_position=pend.position, eta=eta)
+                )
+            s.commit()
+        return notices
+
+    def _launch(self, job: Job, inventory: Inventory, report: CycleReport) -> None:
+        spec = LaunchSpec(
+            job_id=job.id,
+            attempt=job.attempt,
+            pool=job.pool or "",
+            assignment=tuple((str(n), int(g)) for n, g in job.assignment),
+            config=job.config,
+            checkpoint_dir=str(self.config.checkpoint_root / job.id),
+            resume_from=job.checkpoint_uri,
+        )
+        try:
+            self.ray.launch(spec, inventory.alive)
+        except PlacementFailed as exc:
+            now = self.clock()
+            with Session(self.db, expire_on_commit=False) as s:
+                self._fence(s, now)
+                transition(
+                    s,
+                    job.id,
+                    expected=S.ADMITTED,
+                    to=S.QUEUED,
+                    now=now,
+                    message=str(exc),
+                    assignment=[],
+                    pool=None,
+                    attempt=job.attempt,
+                    reasons=[{"code": "placement_failed", "message": str(exc)}],
+                )
+                s.commit()
+            return
+        self._mark_running(job, report)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Run a cycle soon (a submission or a finished job); the tick runs anyway."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler cycle failed")
+            self._wake.wait(self.config.interval_s)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nuri-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.token is not None:
+            with Session(self.db) as s:
+                lease.release(s, self.config.holder, self.token, self.clock())

@@ -1,0 +1,183 @@
+"""Phase 2 of the cycle: read the database and the live inventory into a quotas.Snapshot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+import quotas
+from controlplane.db.models import (
+    Budget,
+    Job,
+    Member,
+    Node,
+    NodeStatus,
+    Pool,
+    PriorityClass,
+    Quota,
+    UsageRecord,
+)
+from controlplane.jobstate import JobStatus
+from controlplane.scheduler.usage import running_gpu_seconds
+
+COHORT = "consortium"
+# Jobs whose GPUs are held: everything between admission and teardown.
+HOLDING = (JobStatus.ADMITTED.value, JobStatus.RUNNING.value, JobStatus.PREEMPTING.value)
+
+
+def held_assignments(session: Session) -> list[Job]:
+    """Jobs that hold GPUs: live ones, and finished ones whose Ray side is not torn down yet.
+
+    ``assignment`` is cleared only when the scheduler has removed the placement group, so it
+    is the single marker of "these GPUs are taken", whatever the status says.
+    """
+    return list(session.exec(select(Job).where(func.json_array_length(Job.assignment) > 0)).all())
+
+
+def build(
+    session: Session, alive_nodes: set[str], now: datetime, config: quotas.EngineConfig
+) -> quotas.Snapshot:
+    pools = {p.id: p for p in session.exec(select(Pool)).all()}
+    pool_by_name = {p.name: p for p in pools.values()}
+    nodes = session.exec(select(Node)).all()
+
+    used: dict[str, int] = defaultdict(int)
+    running: list[quotas.RunningWorkload] = []
+    holders = held_assignments(session)
+    members = {m.id: m for m in session.exec(select(Member)).all()}
+    for job in holders:
+        for node_name, gpus in job.assignment:
+            used[str(node_name)] += int(gpus)
+        if job.status in HOLDING and job.pool:
+            started = job.started_at or job.admitted_at or job.created_at
+            running.append(
+                quotas.RunningWorkload(
+                    job_id=job.id,
+                    member=job.member_id,
+                    pool=job.pool,
+                    priority_class=job.priority_class,
+                    assignments=tuple((str(n), int(g)) for n, g in job.assignment),
+                    started_at=started.timestamp(),
+                    max_runtime=float(job.max_runtime_s),
+                    last_checkpoint_at=(
+                        job.last_checkpoint_at.timestamp() if job.last_checkpoint_at else None
+                    ),
+                    times_preempted=job.times_preempted,
+                    preempting_until=(
+                        job.preempt_deadline.timestamp() if job.preempt_deadline else None
+                    ),
+                )
+            )
+
+    snap_nodes = []
+    for n in nodes:
+        pool = pools.get(n.pool_id)
+        if pool is None:
+            continue
+        alive = n.name in alive_nodes and n.status != NodeStatus.DOWN.value
+        free = max(0, n.gpus - used[n.name])
+        if n.status == NodeStatus.CORDONED.value:
+            free = 0  # running work stays, nothing new lands
+        snap_nodes.append(
+            quotas.Node(
+                name=n.name,
+                pool=pool.name,
+                domain=n.domain,
+                total_gpus=n.gpus,
+                free_gpus=free if alive else 0,
+                alive=alive,
+            )
+        )
+
+    quotas_by_member: dict[str, dict[str, quotas.Quota]] = defaultdict(dict)
+    for q in session.exec(select(Quota)).all():
+        if q.pool_id in pools:
+            quotas_by_member[q.member_id][pools[q.pool_id].name] = quotas.Quota(
+                nominal=q.nominal_gpus,
+                borrowing_limit=q.borrowing_limit,
+                lending_limit=q.lending_limit,
+            )
+
+    budgets = {
+        b.member_id: b
+        for b in session.exec(
+            select(Budget).where(col(Budget.starts_at) <= now, col(Budget.ends_at) > now)
+        ).all()
+    }
+    usage: dict[str, float] = defaultdict(float)
+    decayed: dict[str, float] = defaultdict(float)
+    half_life = config.fair_share_half_life
+    for rec in session.exec(select(UsageRecord)).all():
+        seconds = running_gpu_seconds(rec, now)
+        b = budgets.get(rec.member_id)
+        if b is not None and b.starts_at <= rec.started_at < b.ends_at:
+            usage[rec.member_id] += seconds
+        age = (now - (rec.ended_at or now)).total_seconds()
+        decayed[rec.member_id] += seconds * 0.5 ** (age / half_life) if half_life > 0 else 0
+
+    snap_members = []
+    for m in members.values():
+        if not m.active:
+            continue
+        b = budgets.get(m.id)
+        budget = (
+            quotas.Budget(
+                period_start=b.starts_at.timestamp(),
+                period_end=b.ends_at.timestamp(),
+                limit_gpu_hours=b.gpu_hours,
+                used_gpu_hours=usage[m.id] / 3600.0,
+            )
+            if b
+            else None
+        )
+        snap_members.append(
+            quotas.Member(
+                name=m.id,
+                cohort=COHORT,
+                quotas=dict(quotas_by_member[m.id]),
+                budget=budget,
+                decayed_usage_gpu_seconds=decayed[m.id],
+            )
+        )
+
+    all_pools = tuple(sorted(pool_by_name))
+    pending = [
+        quotas.PendingWorkload(
+            job_id=j.id,
+            member=j.member_id,
+            gpus=j.gpus,
+            priority_class=j.priority_class,
+            submitted_at=j.created_at.timestamp(),
+            max_runtime=float(j.max_runtime_s),
+            allowed_pools=tuple(j.allowed_pools) or all_pools,
+            nodes=j.nodes if j.nodes > 1 else None,
+            same_domain=j.same_domain,
+            times_preempted=j.times_preempted,
+        )
+        for j in session.exec(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
+    ]
+    return quotas.Snapshot(
+        pools=tuple(
+            quotas.Pool(
+                name=p.name,
+                gpu_model=p.gpu_model,
+                gpus_per_node=p.gpus_per_node,
+                gpu_memory_gb=float(p.gpu_memory_gib),
+                region=p.region,
+            )
+            for p in pools.values()
+        ),
+        nodes=tuple(snap_nodes),
+        cohorts=(quotas.Cohort(name=COHORT),),
+        members=tuple(snap_members),
+        priority_classes=tuple(
+            quotas.PriorityClass(name=pc.name, value=pc.value, preemptible=pc.preemptible)
+            for pc in session.exec(select(PriorityClass)).all()
+        ),
+        running=tuple(running),
+        pending=tuple(pending),
+        config=config,
+    )

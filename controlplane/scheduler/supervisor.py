@@ -1,0 +1,157 @@
+"""The Ray side of one job attempt: a detached supervisor actor and one worker per bundle.
+
+The supervisor is named ``nuri-job-<id>`` so a restarted control plane finds it instead of
+starting a second one. It owns the worker ranks (they die with it), relays their progress,
+checkpoints and log lines, and turns a preemption notice into a stop request. The control
+plane polls it; it never writes to the database itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+RANK_STATES = ("starting", "running", "succeeded", "failed", "preempted")
+
+
+class RankWorker:
+    """One rank, pinned to one bundle (one node). Runs its payload in a thread so that
+    ``poll`` and ``stop`` are served while it works (the actor is threaded)."""
+
+    def __init__(
+        self, job_id: str, attempt: int, rank: int, world_size: int, spec: dict[str, Any]
+    ) -> None:
+        self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
+        self.spec = spec
+        self.state = "starting"
+        self.error: str | None = None
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append({**event, "at": time.time(), "rank": self.rank})
+
+    def _run(self) -> None:
+        self.state = "running"
+        try:
+            payload = self.spec.get("config", {}).get("payload", "synthetic")
+            if payload != "synthetic":
+                raise ValueError(f"unknown payload {payload!r}")
+            from workers import synthetic
+
+            result = synthetic.run(
+                synthetic.SyntheticConfig.from_config(self.spec.get("config", {})),
+                Path(self.spec["checkpoint_dir"]),
+                self.rank,
+                self.world_size,
+                self._stop.is_set,
+                self._emit,
+            )
+            self.state = result
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._emit({"type": "log", "line": traceback.format_exc(limit=5)})
+            self.state = "failed"
+
+    def poll(self, after: int) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "state": self.state,
+                "error": self.error,
+                "events": self.events[after:],
+                "total": len(self.events),
+            }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class JobSupervisor:
+    """Starts the ranks in the placement group's bundles and answers the control plane."""
+
+    def __init__(
+        self, job_id: str, attempt: int, spec: dict[str, Any], bundle_gpus: list[int]
+    ) -> None:
+        self.job_id, self.attempt = job_id, attempt
+        self.spec = spec
+        self.started_at = time.time()
+        self.preempt_deadline: float | None = None
+        self._seen = [0] * len(bundle_gpus)
+        self._buffer: list[dict[str, Any]] = []
+        pg = ray.util.get_placement_group(spec["placement_group"])
+        worker_cls = ray.remote(RankWorker)
+        self.ranks: list[Any] = [
+            worker_cls.options(
+                num_cpus=0,
+                num_gpus=gpus,
+                max_concurrency=4,
+                resources={spec["pool_resource"]: gpus},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            ).remote(job_id, attempt, i, len(bundle_gpus), spec)
+            for i, gpus in enumerate(bundle_gpus)
+        ]
+
+    def ping(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "attempt": self.attempt, "started_at": self.started_at}
+
+    def status(self, after_event: int, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Aggregate the ranks: overall state, and events after index ``after_event``.
+
+        Events are kept for the whole attempt so a control plane that crashed after reading
+        them but before storing them reads them again: it passes how many it has stored.
+        """
+        states: list[str] = []
+        errors: list[str] = []
+        refs = [r.poll.remote(self._seen[i]) for i, r in enumerate(self.ranks)]
+        for i, ref in enumerate(refs):
+            try:
+                out = ray.get(ref, timeout=timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                states.append("failed")
+                errors.append(f"rank {i} lost: {type(exc).__name__}")
+                continue
+            except ray.exceptions.GetTimeoutError:
+                states.append("running")
+                continue
+            self._seen[i] += len(out["events"])
+            self._buffer.extend(out["events"])
+            states.append(out["state"])
+            if out["error"]:
+                errors.append(f"rank {i}: {out['error']}")
+        if "failed" in states:
+            state = "failed"
+        elif all(s == "succeeded" for s in states):
+            state = "succeeded"
+        elif all(s in ("preempted", "succeeded") for s in states) and "preempted" in states:
+            state = "preempted"
+        else:
+            state = "running"
+        return {
+            "state": state,
+            "errors": errors,
+            "events": self._buffer[after_event:],
+            "total_events": len(self._buffer),
+            "preempt_deadline": self.preempt_deadline,
+        }
+
+    def preempt(self, deadline: float) -> None:
+        """Ask every rank to checkpoint and stop; the control plane kills us at ``deadline``."""
+        self.preempt_deadline = deadline
+        for r in self.ranks:
+            r.stop.remote()
+
+    def stop(self) -> None:
+        for r in self.ranks:
+            r.stop.remote()

@@ -1,0 +1,70 @@
+"""Submit -> admitted -> running on the chosen nodes -> succeeded, on a real Ray cluster."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from sqlmodel import Session, select
+
+from controlplane.db.models import JobLog, JobMetric, UsageRecord
+from tests.conftest import ADMIN_TOKEN, bearer, ok
+from tests.integration.scheduler.conftest import Env
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def test_job_runs_on_the_nodes_the_engine_chose(env: Env) -> None:
+    job = env.submit(env.alpha, gpus=16, nodes=2, name="two-node")
+    running = env.until_status(job["id"], "RUNNING", "SUCCEEDED")
+    assert running["pool"] == "kr-ray-h200"
+    chosen = [n for n, _ in running["assignment"]]
+    assert len(chosen) == 2 and all(g == 8 for _, g in running["assignment"])
+    inv = env.service.ray.inventory(set(chosen))
+    placed = env.service.ray.placement(job["id"], running["attempt"])
+    if placed is not None:  # still running: Ray's placement-group table agrees with the engine
+        assert sorted(placed) == sorted(inv.alive[n] for n in chosen)
+    done = env.until_status(job["id"], "SUCCEEDED")
+    assert done["finished_at"] is not None and done["assignment"] == []
+    events = ok(env.client.get(f"/v1/jobs/{job['id']}/events", headers=bearer(env.alpha)))
+    statuses = [e["to_status"] for e in events["items"] if e["type"] in ("status", "submitted")]
+    assert statuses == ["QUEUED", "ADMITTED", "RUNNING", "SUCCEEDED"]
+    assert any(e["type"] == "checkpoint" for e in events["items"])
+    with Session(env.engine) as s:
+        metrics = s.exec(select(JobMetric).where(JobMetric.job_id == job["id"])).all()
+        assert {m.step for m in metrics} == set(range(1, 7))
+        assert s.exec(select(JobLog).where(JobLog.job_id == job["id"])).all()
+        usage = s.exec(select(UsageRecord).where(UsageRecord.job_id == job["id"])).all()
+        assert len(usage) == 1 and usage[0].ended_at is not None
+        assert usage[0].gpus == 16 and usage[0].gpu_seconds > 0
+    # The placement group is gone; no supervisor is left.
+    assert env.service.ray.placement(job["id"], 1) is None
+    with pytest.raises(ValueError):
+        ray.get_actor(f"nuri-job-{job['id']}")
+    verify = ok(env.client.get("/v1/audit/verify", headers=bearer(ADMIN_TOKEN)))
+    assert verify["ok"] is True
+
+
+def test_pending_jobs_explain_themselves_and_cancel_frees_the_gpus(env: Env) -> None:
+    big = env.submit(
+        env.beta,
+        gpus=24,
+        nodes=3,
+        name="whole-pool",
+        config={"payload": "synthetic", "steps": 200, "step_seconds": 0.1},
+    )
+    env.until_status(big["id"], "RUNNING")
+    waiting = env.submit(env.alpha, gpus=8, name="waits", priority_class="best-effort")
+    env.service.tick()
+    pending = env.job(waiting["id"])
+    assert pending["status"] == "QUEUED"
+    assert pending["reasons"] and pending["reasons"][0]["code"] != "awaiting_scheduler"
+    assert pending["queue_position"] >= 1
+    ok(env.client.post(f"/v1/jobs/{big['id']}/cancel", headers=bearer(env.beta), json={}))
+    env.run_until(lambda: env.job(big["id"])["assignment"] == [])
+    env.until_status(waiting["id"], "RUNNING", "SUCCEEDED")
+    with Session(env.engine) as s:
+        rec = s.exec(select(UsageRecord).where(UsageRecord.job_id == big["id"])).one()
+    cancelled = env.job(big["id"])
+    assert rec.ended_at is not None
+    assert abs((rec.ended_at - rec.started_at).total_seconds() * 24 - rec.gpu_seconds) < 1e-6
+    assert rec.ended_at.isoformat() == cancelled["finished_at"].replace("Z", "+00:00")
