@@ -564,19 +564,24 @@ class _Cycle:
             etas = estimate_etas(self.state, self.waiting)
             nuri = self.state.config.policy == "nuri"
             fair, total = self.state.fair, len(self.waiting)
-            # Many jobs wait for the same reasons: rank each distinct list once.
-            ranked: dict[tuple[Reason | Deferred, ...], tuple[Reason, ...]] = {}
+            # Many jobs wait for the same reasons: rank each distinct list once, and write
+            # the queue reason once per member (the position itself is ``Pending.position``).
+            ranked: dict[tuple[int, tuple[Reason | Deferred, ...]], tuple[Reason, ...]] = {}
+            queue_reason: dict[str, Reason] = {}
             items = []
             for position, (record, eta) in enumerate(zip(self.waiting, etas, strict=True), 1):
-                key = tuple(record.reasons)
+                member = record.job.member
+                where = queue_reason.get(member)
+                if where is None:
+                    text = f"{total} jobs waiting"
+                    if nuri:
+                        text += f"; member {member} fair-share score {fair.score(member):.2f}"
+                    where = queue_reason[member] = Reason(codes.QUEUE_POSITION, text)
+                key = (id(where), tuple(record.reasons))
                 reasons = ranked.get(key)
                 if reasons is None:
-                    reasons = ranked[key] = tuple(rank(writer.write(r) for r in key))
-                text = f"position {position} of {total} waiting jobs"
-                if nuri:
-                    member = record.job.member
-                    text += f"; member {member} fair-share score {fair.score(member):.2f}"
-                where = Reason(codes.QUEUE_POSITION, text)
-                items.append(Pending(record.job.job_id, (*reasons, where), position, eta))
+                    found = rank(writer.write(r) for r in key[1])
+                    reasons = ranked[key] = (*found, where)
+                items.append(Pending(record.job.job_id, reasons, position, eta))
             pending = tuple(items)
         return Decisions(tuple(self.admitted), tuple(self.preempted), pending, tuple(self.reserved))

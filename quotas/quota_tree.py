@@ -126,23 +126,6 @@ class QuotaTree:
         """GPUs the member may still take in the pool under every limit up the tree."""
         return max(0, self._available(self.member_index[member], pool))
 
-    def potential(self, member: str, pool: str) -> int:
-        """What the member could take if nobody else used anything (ignores all usage)."""
-        node = self.member_index[member]
-        sub, guar = self._subtree[pool], self._guaranteed[pool]
-        best = sub[node]
-        while self._parent[node] >= 0:
-            parent = self._parent[node]
-            quota = self._quota[node].get(pool)
-            limit = quota.borrowing_limit if quota else None
-            # Climbing one level adds what the parent shares beyond this subtree.
-            extra = sub[parent] - (sub[node] - guar[node])
-            if limit is not None:
-                extra = min(extra, limit)
-            best += max(0, extra)
-            node = parent
-        return best
-
     def _available(self, node: int, pool: str) -> int:
         sub, guar, use = self._subtree[pool], self._guaranteed[pool], self._usage[pool]
         parent = self._parent[node]
