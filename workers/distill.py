@@ -22,8 +22,18 @@ from workers.engines import TrainEngine
 from workers.model_stats import model_stats
 from workers.presets import load_model, resolve_model
 from workers.runtime import JobContext, JobResult
+from workers.spec import SpecError
 from workers.tokenizer import load_tokenizer
-from workers.training import export_model, finish, job_plan, load_stream, make_engine, train_loop
+from workers.training import (
+    engine_config,
+    export_model,
+    finish,
+    job_plan,
+    load_stream,
+    make_engine,
+    partitioned_loading,
+    train_loop,
+)
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,8 @@ def distill_loss_fn(teacher: Any, temperature: float, hard_weight: float) -> Any
 def run_distill(ctx: JobContext) -> JobResult:
     """Train the spec's student on the teacher's logits over the spec's dataset."""
     spec = ctx.spec
-    assert spec.teacher is not None  # validated by JobSpec
+    if spec.teacher is None:
+        raise SpecError("teacher: a distill job needs a teacher model")
     student_src = resolve_model(spec.model.name, spec.model.weights_dir, spec.model.overrides)
     teacher_src = resolve_model(spec.teacher.name, spec.teacher.weights_dir, spec.teacher.overrides)
     student_vocab = model_stats(student_src.config).vocab_size
@@ -85,13 +96,14 @@ def run_distill(ctx: JobContext) -> JobResult:
         raise ValueError(
             f"teacher vocab {teacher_vocab} != student vocab {student_vocab}: logits must align"
         )
-    the_plan = job_plan(ctx, student_src, teacher_src)
+    config = engine_config(ctx, job_plan(ctx, student_src, teacher_src))
     tokenizer = load_tokenizer(teacher_src.tokenizer, teacher_src.weights_dir)
     teacher = load_model(teacher_src, dtype=ctx.dtype, seed=spec.seed).to(ctx.device).eval()
     teacher.requires_grad_(False)
-    student = load_model(student_src, dtype=ctx.dtype, seed=spec.seed + 1).to(ctx.device)
+    with partitioned_loading(config):
+        student = load_model(student_src, dtype=ctx.dtype, seed=spec.seed + 1).to(ctx.device)
     stream = load_stream(ctx, tokenizer)
-    engine = make_engine(ctx, student, the_plan)
+    engine = make_engine(ctx, student, config)
     flops = model_stats(student_src.config).training_flops_per_token(spec.seq_len)
     # The teacher's forward pass costs ~1/3 of its training FLOPs per token.
     flops += model_stats(teacher_src.config).training_flops_per_token(spec.seq_len) / 3.0

@@ -20,6 +20,7 @@ from workers.data import DataError, read_records
 from workers.presets import load_model, resolve_model
 from workers.provenance import describe_input, model_identity, write_manifest
 from workers.runtime import JobContext, JobResult
+from workers.spec import SpecError
 from workers.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 
@@ -119,11 +120,18 @@ def run_inference(ctx: JobContext) -> JobResult:
     import torch.distributed as dist
 
     spec = ctx.spec
-    assert spec.data is not None  # validated by JobSpec
+    if spec.data is None:
+        raise SpecError("data.path: an inference job needs a JSONL prompt file")
     settings = spec.inference
     source = resolve_model(spec.model.name, spec.model.weights_dir, spec.model.overrides)
     tokenizer = load_tokenizer(source.tokenizer, source.weights_dir)
-    model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device).eval()
+    # One process driving every GPU of a node: transformers places layers across them.
+    spread = ctx.device.type == "cuda" and ctx.world_size == 1 and torch.cuda.device_count() > 1
+    if spread and source.weights_dir is not None:
+        model = load_model(source, dtype=ctx.dtype, device_map="auto").eval()
+    else:
+        model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device).eval()
+    device = torch.device(model.device)
     requests = load_requests(spec.data.path, settings.think, settings.max_new_tokens)
     mine = requests[ctx.rank :: ctx.world_size]
     part = ctx.output_dir / f".{settings.output_file}.rank{ctx.rank}"
@@ -133,7 +141,7 @@ def run_inference(ctx: JobContext) -> JobResult:
         for start in range(0, len(mine), settings.batch_size):
             chunk = mine[start : start + settings.batch_size]
             for req, res in zip(
-                chunk, generate_batch(model, tokenizer, chunk, settings, ctx.device), strict=True
+                chunk, generate_batch(model, tokenizer, chunk, settings, device), strict=True
             ):
                 generated += res["completion_tokens"]
                 f.write(json.dumps({"index": req["index"], **res}, ensure_ascii=False) + "\n")

@@ -229,18 +229,22 @@ def resolve_model(
     return ModelSource(path.name, config, tokenizer, path, None)
 
 
-def load_model(source: ModelSource, dtype: Any = None, seed: int = 0) -> Any:
+def load_model(
+    source: ModelSource, dtype: Any = None, seed: int = 0, device_map: str | None = None
+) -> Any:
     """The causal LM for ``source``: local weights when it has them, else a seeded random init.
 
-    Raises :class:`PresetError` for a large model without weights.
+    ``device_map="auto"`` spreads local weights over every visible GPU (single-process
+    multi-GPU inference). Raises :class:`PresetError` for a large model without weights.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
     if source.weights_dir is not None:
+        extra = {"device_map": device_map} if device_map else {}
         return AutoModelForCausalLM.from_pretrained(
-            str(source.weights_dir), local_files_only=True, dtype=dtype
+            str(source.weights_dir), local_files_only=True, dtype=dtype, **extra
         )
     from workers.model_stats import model_stats
 

@@ -9,7 +9,8 @@ ranks agree on. The model artifact is written at the end with a provenance manif
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from workers.planner import Plan, PoolSpec, plan
 from workers.presets import ModelSource, load_model, resolve_model
 from workers.provenance import describe_input, model_identity, write_manifest
 from workers.runtime import JobContext, JobResult
+from workers.spec import SpecError
 from workers.tokenizer import Tokenizer, load_tokenizer
 
 # Dense bf16 peak FLOP/s per GPU, for model FLOPs utilisation.
@@ -78,19 +80,56 @@ def job_plan(ctx: JobContext, source: ModelSource, teacher: ModelSource | None =
     return result
 
 
-def make_engine(ctx: JobContext, model: torch.nn.Module, job_plan: Plan) -> TrainEngine:
-    """DeepSpeed with the plan's ZeRO stage (or the spec's), or the plain torch loop."""
+def engine_config(ctx: JobContext, job_plan: Plan) -> dict[str, Any] | None:
+    """The DeepSpeed config for this job (ZeRO stage from the spec or the plan), or None
+    for the plain torch loop."""
     spec = ctx.spec
     if spec.engine == "torch":
-        return TorchEngine(
-            model, spec.lr, spec.weight_decay, spec.warmup_steps, spec.steps, spec.grad_accum
-        )
+        return None
     from workers.deepspeed_config import deepspeed_config
 
     stage = spec.zero_stage if spec.zero_stage is not None else int(job_plan.zero_stage or 2)
-    config = deepspeed_config(
+    return deepspeed_config(
         spec, stage, ctx.world_size, ctx.device.type == "cuda", job_plan.activation_checkpointing
     )
+
+
+@contextmanager
+def partitioned_loading(config: dict[str, Any] | None) -> Iterator[None]:
+    """Under ZeRO-3, let transformers build the model inside ``deepspeed.zero.Init`` so each
+    rank only ever materialises its shard (A.X K1 does not fit in one host's memory)."""
+    if config is None or config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    import deepspeed
+    import torch.distributed as dist
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # zero.Init sizes partitions from DeepSpeed's own view of the process group, which only
+    # exists once DeepSpeed has attached to the torch.distributed group.
+    deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
+
+    integration: Any = hf_deepspeed  # untyped
+    marker = integration.HfDeepSpeedConfig(config)  # read by transformers via a weak reference
+    try:
+        if not integration.is_deepspeed_zero3_enabled():
+            raise RuntimeError("transformers did not pick up the ZeRO-3 configuration")
+        yield
+    finally:
+        del marker
+        integration.unset_hf_deepspeed_config()
+
+
+def make_engine(
+    ctx: JobContext, model: torch.nn.Module, config: dict[str, Any] | None
+) -> TrainEngine:
+    """DeepSpeed built from ``config``, or the plain torch loop when it is None."""
+    spec = ctx.spec
+    if config is None:
+        return TorchEngine(
+            model, spec.lr, spec.weight_decay, spec.warmup_steps, spec.steps, spec.grad_accum
+        )
+    stage = config["zero_optimization"]["stage"]
     ctx.events.emit("engine", engine="deepspeed", zero_stage=stage)
     return DeepSpeedTrainEngine(model, config, spec.warmup_steps, spec.steps)
 
@@ -98,7 +137,8 @@ def make_engine(ctx: JobContext, model: torch.nn.Module, job_plan: Plan) -> Trai
 def load_stream(ctx: JobContext, tokenizer: Tokenizer) -> BatchStream:
     """The spec's dataset as a resumable, rank-sharded batch stream."""
     spec = ctx.spec
-    assert spec.data is not None  # validated by JobSpec
+    if spec.data is None:
+        raise SpecError(f"data.path: a {spec.kind} job needs a dataset")
     records = read_records(spec.data.path, spec.data.format, spec.data.text_field)
     examples = build_examples(records, tokenizer, spec.seq_len)
     return BatchStream(examples, spec.micro_batch, spec.seed, ctx.rank, ctx.world_size)
@@ -273,13 +313,14 @@ def run_training(ctx: JobContext) -> JobResult:
     """finetune / pretrain (all weights) or lora (adapters only) on the spec's dataset."""
     spec = ctx.spec
     source = resolve_model(spec.model.name, spec.model.weights_dir, spec.model.overrides)
-    the_plan = job_plan(ctx, source)
+    config = engine_config(ctx, job_plan(ctx, source))
     tokenizer = load_tokenizer(source.tokenizer, source.weights_dir)
-    model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device)
+    with partitioned_loading(config):
+        model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device)
     if spec.kind == "lora":
         model = apply_lora(model, spec.lora.rank, spec.lora.alpha, spec.lora.dropout)
     stream = load_stream(ctx, tokenizer)
-    engine = make_engine(ctx, model, the_plan)
+    engine = make_engine(ctx, model, config)
     flops = model_stats(source.config).training_flops_per_token(spec.seq_len)
     outcome = train_loop(ctx, engine, stream, lm_loss, flops)
     artifact = None
