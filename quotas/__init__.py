@@ -20,6 +20,10 @@ Input types (all frozen dataclasses, ``str`` ids, ``float`` epoch seconds; see
 Output types (see :mod:`quotas.decisions`): :class:`Decisions` holding :class:`Admit`,
 :class:`Preempt`, :class:`Reservation` and :class:`Pending` (with ranked :class:`Reason`).
 
+The simulator replays job traces through the same ``admit``: parse a trace with
+:mod:`quotas.traces` (bytes or text passed in, no file access here), build the replay cluster
+with :func:`quotas.replay_setup.build_cluster` and call :func:`quotas.simulator.simulate`.
+
 Guarantees of one cycle, each checked by property tests in tests/unit/quotas:
 
 * no node gets more GPUs than it has free; a job gets all its GPUs or none; multi-node jobs
