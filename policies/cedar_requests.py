@@ -47,21 +47,26 @@ Request = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """What residency rules see of a pool: region, jurisdiction and clearance (not its name)."""
+    """What residency rules see of a pool: region, jurisdiction and clearance (not its name).
+
+    ``cedar_id`` is a readable id computed from those facts (``kr-seoul|KR|classified``).
+    """
 
     region: str
     jurisdiction: str
     max_classification: Classification
+    cedar_id: str
 
     @classmethod
     def of(cls, pool: PoolFacts) -> Site:
         """The site of ``pool``."""
-        return cls(pool.region, pool.jurisdiction, pool.max_classification)
-
-    @property
-    def cedar_id(self) -> str:
-        """A readable id that is a function of the facts."""
-        return f"{self.region}|{self.jurisdiction}|{self.max_classification.text}"
+        clearance = pool.max_classification
+        return cls(
+            pool.region,
+            pool.jurisdiction,
+            clearance,
+            f"{pool.region}|{pool.jurisdiction}|{clearance.text}",
+        )
 
 
 def uid(type_name: str, entity_id: str) -> Uid:
@@ -108,21 +113,24 @@ def site_entity(site: Site) -> Entity:
     }
 
 
-def input_entity(kind: ArtifactKind, labels: Labels) -> Entity:
-    """The Dataset or Model entity of a schedule request (no owner: residency only)."""
+def input_entity(kind: ArtifactKind, labels: Labels, entity_id: str | None = None) -> Entity:
+    """The Dataset or Model entity of a schedule request (no owner: residency only).
+
+    ``entity_id`` is ``labels_id(kind, labels)``, passed when already computed.
+    """
     return {
-        "uid": uid(ENTITY_TYPES[kind], labels_id(kind, labels)),
+        "uid": uid(ENTITY_TYPES[kind], entity_id or labels_id(kind, labels)),
         "attrs": labels_attrs(labels),
         "parents": [],
     }
 
 
-def schedule_request(site: Site, kind: ArtifactKind, labels: Labels) -> Request:
-    """May an input with ``labels`` be processed on a pool at ``site``?"""
+def schedule_request(site: Site, kind: ArtifactKind, input_id: str) -> Request:
+    """May the input with Cedar id ``input_id`` (see ``labels_id``) be processed at ``site``?"""
     return {
         "principal": uid(POOL_TYPE, site.cedar_id),
         "action": action_uid("schedule"),
-        "resource": uid(ENTITY_TYPES[kind], labels_id(kind, labels)),
+        "resource": uid(ENTITY_TYPES[kind], input_id),
     }
 
 

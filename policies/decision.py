@@ -66,20 +66,20 @@ def combine(decisions: Iterable[Decision], policy_set_hash: str) -> Decision:
 
     No decisions at all is an allow (nothing was asked).
     """
-    allowed = True
-    ids: dict[str, None] = {}
-    reasons: dict[str, None] = {}
-    errors: dict[str, None] = {}
-    parts = tuple(decisions)
-    for part in parts:
-        allowed = allowed and part.allowed
-    for part in parts:
-        # An allow's permits explain nothing about a denial: keep only the denying parts.
-        if allowed or not part.allowed:
-            ids.update(dict.fromkeys(part.policy_ids))
-            reasons.update(dict.fromkeys(part.reasons))
-            errors.update(dict.fromkeys(part.errors))
-    return Decision(allowed, tuple(ids), tuple(reasons), tuple(errors), policy_set_hash)
+    parts = decisions if isinstance(decisions, list | tuple) else tuple(decisions)
+    allowed = all(part.allowed for part in parts)
+    # An allow's permits explain nothing about a denial: keep only the denying parts.
+    keep = parts if allowed else [part for part in parts if not part.allowed]
+    if len(keep) == 1:
+        only = keep[0]
+        return Decision(allowed, only.policy_ids, only.reasons, only.errors, policy_set_hash)
+    return Decision(
+        allowed,
+        tuple(dict.fromkeys(i for part in keep for i in part.policy_ids)),
+        tuple(dict.fromkeys(r for part in keep for r in part.reasons)),
+        tuple(dict.fromkeys(e for part in keep for e in part.errors)),
+        policy_set_hash,
+    )
 
 
 class DecisionCache:

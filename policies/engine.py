@@ -15,7 +15,7 @@ import functools
 import json
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cedarpy
 
@@ -40,6 +40,12 @@ NO_INPUTS_ID = "nuri.no-inputs"
 Input = Labels | ArtifactFacts
 _FAILED_POLICY = re.compile(r"policy `([^`]+)`")
 _PLACEHOLDER = re.compile(r"\{([a-z_.]+)\}")
+# A reason text as a format string and the placeholder names that fill it, in order.
+_Template = tuple[str, tuple[str, ...]]
+# (allowed, policy ids, reason templates, errors): a verdict's meaning before names are known.
+_Shape = tuple[bool, tuple[str, ...], tuple[_Template, ...], tuple[str, ...]]
+# Distinct error-free verdicts are few (combinations of fired rules); this bounds them anyway.
+_MAX_SHAPES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ class _NamedInput:
     name: str
     kind: ArtifactKind
     labels: Labels
+    words: dict[str, str] = field(compare=False, hash=False)
 
 
 class PolicyEngine:
@@ -71,6 +78,10 @@ class PolicyEngine:
     def __init__(self, policy_set: CompiledPolicySet, cache: DecisionCache | None = None) -> None:
         self.policy_set = policy_set
         self.cache = cache if cache is not None else DecisionCache()
+        # Cedar requests evaluated so far (a statistic; not locked, so approximate under threads).
+        self.cedar_requests = 0
+        # Written without a lock: a race only computes the same shape twice.
+        self._shapes: dict[tuple[Verdict, str], _Shape] = {}
 
     @classmethod
     def shipped(cls, cache_size: int = 65_536) -> PolicyEngine:
@@ -120,34 +131,36 @@ class PolicyEngine:
         (``nuri.no-inputs``): every job has at least its base model as an input.
         """
         pool_list = tuple(pools)
-        named = {job: _named_inputs(inputs) for job, inputs in jobs.items()}
+        sites = [(pool, cr.Site.of(pool), cr.pool_words(pool)) for pool in pool_list]
+        seen: dict[tuple[Input, int], _NamedInput] = {}
+        named = {job: _named_inputs(inputs, seen) for job, inputs in jobs.items()}
         pairs = {
-            (item.kind, item.labels, cr.Site.of(pool))
+            (item.kind, item.labels, site)
             for items in named.values()
             for item in items
-            for pool in pool_list
+            for _, site, _ in sites
         }
         verdicts = self._schedule_verdicts(pairs)
+        shapes = {pair: self._shape_of(verdict, "schedule") for pair, verdict in verdicts.items()}
+        # Jobs share inputs (the base model, popular datasets): explain each (input, pool) once.
+        explained: dict[tuple[_NamedInput, int], Decision] = {}
         result: dict[str, dict[str, Decision]] = {}
         for job, items in named.items():
             per_pool: dict[str, Decision] = {}
-            for pool in pool_list:
+            for index, (pool, site, words) in enumerate(sites):
                 if not items:
                     per_pool[pool.name] = self._no_inputs()
                     continue
-                site = cr.Site.of(pool)
-                words = cr.pool_words(pool)
-                per_pool[pool.name] = combine(
-                    (
-                        self._decide(
-                            verdicts[(item.kind, item.labels, site)],
-                            "schedule",
-                            {**words, **cr.label_words("input", item.name, item.labels)},
+                parts = []
+                for item in items:
+                    part = explained.get((item, index))
+                    if part is None:
+                        part = self._fill_shape(
+                            shapes[(item.kind, item.labels, site)], {**words, **item.words}
                         )
-                        for item in items
-                    ),
-                    self.policy_set_hash,
-                )
+                        explained[(item, index)] = part
+                    parts.append(part)
+                per_pool[pool.name] = combine(parts, self.policy_set_hash)
             result[job] = per_pool
         return result
 
@@ -166,12 +179,15 @@ class PolicyEngine:
             return found
         entities: dict[tuple[str, str], cr.Entity] = {}
         requests = []
+        input_ids: dict[tuple[ArtifactKind, Labels], str] = {}
         for kind, labels, site in missing:
-            pool_entity = cr.site_entity(site)
-            input_entity = cr.input_entity(kind, labels)
-            for entity in (pool_entity, input_entity):
-                entities[(entity["uid"]["type"], entity["uid"]["id"])] = entity
-            requests.append(cr.schedule_request(site, kind, labels))
+            input_id = input_ids.get((kind, labels))
+            if input_id is None:
+                input_id = input_ids[(kind, labels)] = cr.labels_id(kind, labels)
+                entities[(kind.value, input_id)] = cr.input_entity(kind, labels, input_id)
+            if ("pool", site.cedar_id) not in entities:
+                entities[("pool", site.cedar_id)] = cr.site_entity(site)
+            requests.append(cr.schedule_request(site, kind, input_id))
         verdicts = self._evaluate("schedule", requests, list(entities.values()))
         for pair, verdict in zip(missing, verdicts, strict=True):
             found[pair] = verdict
@@ -305,6 +321,7 @@ class PolicyEngine:
         policies = self.policy_set.for_action(action)
         if policies is None:
             return [_failure(f"the schema has no action {action!r}")] * len(requests)
+        self.cedar_requests += len(requests)
         entity_json = entities if isinstance(entities, str) else json.dumps(list(entities))
         try:
             results = cedarpy.is_authorized_batch(
@@ -330,39 +347,54 @@ class PolicyEngine:
         )
 
     def _decide(self, verdict: Verdict, action: str, words: Mapping[str, str]) -> Decision:
+        return self._fill_shape(self._shape_of(verdict, action), words)
+
+    def _fill_shape(self, shape: _Shape, words: Mapping[str, str]) -> Decision:
+        allowed, ids, lines, errors = shape
+        reasons = tuple([_fill(line, words) for line in lines])
+        return Decision(allowed, ids, reasons, errors, self.policy_set_hash)
+
+    def _shape_of(self, verdict: Verdict, action: str) -> _Shape:
+        shape = self._shapes.get((verdict, action))
+        if shape is None:
+            shape = self._shape(verdict, action)
+            if not verdict.errors and len(self._shapes) < _MAX_SHAPES:
+                self._shapes[(verdict, action)] = shape
+        return shape
+
+    def _shape(self, verdict: Verdict, action: str) -> _Shape:
+        """What a verdict means, with reasons still to be filled in with names."""
         rules = self.policy_set
         fired = [r for r in (rules.rule(c) for c in verdict.fired) if r is not None]
         if verdict.allowed:
-            return Decision(
+            return (
                 True,
                 tuple(r.rule_id for r in fired),
-                tuple(f"{r.rule_id}: {_render(r.reason, words)}" for r in fired),
+                tuple(_compile_template(f"{r.rule_id}: {r.reason}") for r in fired),
                 (),
-                self.policy_set_hash,
             )
         ids: dict[str, None] = {}
-        reasons: list[str] = []
+        lines: list[_Template] = []
         forbids = [r for r in fired if r.effect == "forbid"]
         for rule in forbids:
             ids[rule.rule_id] = None
-            reasons.append(f"{rule.rule_id}: {_render(rule.reason, words)}")
+            lines.append(_compile_template(f"{rule.rule_id}: {rule.reason}"))
         cedar_could_not_answer = bool(verdict.errors) and not verdict.failed
         if not forbids and not verdict.permitted and not cedar_could_not_answer:
             permits = rules.permits_for(action)
             ids.update(dict.fromkeys(permits))
             if permits:
-                reasons.append(
-                    f"no permit matched: {action} is allowed only by {', '.join(permits)}"
-                )
+                line = f"no permit matched: {action} is allowed only by {', '.join(permits)}"
             else:
-                reasons.append(f"no permit matched: no rule permits {action}")
+                line = f"no permit matched: no rule permits {action}"
+            lines.append(_literal(line))
         failed_ids = [r.rule_id for r in (rules.rule(c) for c in verdict.failed) if r is not None]
         errors = tuple(rules.name_rules(e) for e in verdict.errors)
         if errors and not failed_ids:
             failed_ids = [EVALUATION_ERROR_ID]
         ids.update(dict.fromkeys(failed_ids))
-        reasons.extend(f"evaluation error (an error is a denial): {e}" for e in errors)
-        return Decision(False, tuple(ids), tuple(reasons), errors, self.policy_set_hash)
+        lines.extend(_literal(f"evaluation error (an error is a denial): {e}") for e in errors)
+        return (False, tuple(ids), tuple(lines), errors)
 
     def _no_inputs(self) -> Decision:
         return Decision(
@@ -377,16 +409,27 @@ class PolicyEngine:
         return (self.policy_set_hash, kind, facts)
 
 
-def _named_inputs(inputs: Sequence[Input]) -> list[_NamedInput]:
+def _named_inputs(
+    inputs: Sequence[Input], seen: dict[tuple[Input, int], _NamedInput] | None = None
+) -> list[_NamedInput]:
+    """Inputs with the names and words that explain them; ``seen`` memoises across jobs."""
     named = []
     for position, item in enumerate(inputs, start=1):
-        if isinstance(item, ArtifactFacts):
-            name = cr.describe_artifact(item.kind, item.ref or None)
-            named.append(_NamedInput(name, item.kind, item.labels))
-        elif isinstance(item, Labels):
-            named.append(_NamedInput(f"input {position}", ArtifactKind.DATASET, item))
-        else:
-            raise TypeError(f"an input is Labels or ArtifactFacts, not {type(item).__name__}")
+        # A bare label is named by its position; an artifact by its ref, wherever it appears.
+        key = (item, 0 if isinstance(item, ArtifactFacts) else position)
+        found = seen.get(key) if seen is not None else None
+        if found is None:
+            if isinstance(item, ArtifactFacts):
+                name = cr.describe_artifact(item.kind, item.ref or None)
+                kind, labels = item.kind, item.labels
+            elif isinstance(item, Labels):
+                name, kind, labels = f"input {position}", ArtifactKind.DATASET, item
+            else:
+                raise TypeError(f"an input is Labels or ArtifactFacts, not {type(item).__name__}")
+            found = _NamedInput(name, kind, labels, cr.label_words("input", name, labels))
+            if seen is not None:
+                seen[key] = found
+        named.append(found)
     return named
 
 
@@ -399,8 +442,35 @@ def _positional(cedar_id: str) -> tuple[int, str]:
     return (int(digits), cedar_id) if digits.isdigit() else (1 << 30, cedar_id)
 
 
-def _render(template: str, words: Mapping[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: words.get(m.group(1), m.group(0)), template)
+@functools.lru_cache(maxsize=1024)
+def _compile_template(template: str) -> _Template:
+    """``"a {x.y} b"`` → ``("a {} b", ("x.y",))``, parsed once per text."""
+    pieces: list[str] = []
+    keys: list[str] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(template):
+        pieces.append(_escape_braces(template[position : match.start()]) + "{}")
+        keys.append(match.group(1))
+        position = match.end()
+    if not keys:
+        return (template, ())
+    pieces.append(_escape_braces(template[position:]))
+    return ("".join(pieces), tuple(keys))
+
+
+def _literal(text: str) -> _Template:
+    return (text, ())
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _fill(template: _Template, words: Mapping[str, str]) -> str:
+    text, keys = template
+    if not keys:
+        return text
+    return text.format(*[words.get(key, "{" + key + "}") for key in keys])
 
 
 # --- the shipped engine, for callers that need no other ---------------------------------

@@ -145,3 +145,10 @@ def test_authorize_batch_keeps_order(engine: PolicyEngine) -> None:
 
 def test_module_level_authorize() -> None:
     assert authorize(ALICE, Action.SUBMIT, KT_JOB).allowed
+
+
+def test_a_request_the_schema_does_not_allow_is_a_denial(engine: PolicyEngine) -> None:
+    decision = engine.authorize(ALICE, Action.SCHEDULE, KT_DATA)
+    assert not decision.allowed
+    assert decision.policy_ids == ("nuri.evaluation-error",)
+    assert "not valid" in decision.errors[0]

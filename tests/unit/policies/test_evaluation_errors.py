@@ -16,7 +16,7 @@ def _schedule(
     site = Site.of(pool())
     entity = input_entity(ArtifactKind.DATASET, labels())
     entity["attrs"] = label_attrs
-    request = schedule_request(site, ArtifactKind.DATASET, labels())
+    request = schedule_request(site, ArtifactKind.DATASET, entity["uid"]["id"])
     return [request], [site_entity(site), entity]
 
 
@@ -74,7 +74,7 @@ def test_an_entity_missing_attributes_the_rules_read_is_a_denial() -> None:
     site = Site.of(pool("tokyo", "jp-tokyo", "JP"))
     entity = input_entity(ArtifactKind.DATASET, labels())
     entity["attrs"] = {"jurisdiction": "KR", "allowed_regions": ["jp-tokyo"]}
-    request = schedule_request(site, ArtifactKind.DATASET, labels())
+    request = schedule_request(site, ArtifactKind.DATASET, entity["uid"]["id"])
     [decision] = engine.evaluate("schedule", [request], [site_entity(site), entity])
     assert not decision.allowed
     assert decision.errors
