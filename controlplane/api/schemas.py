@@ -373,3 +373,16 @@ class JobEventPublic(Output):
     actor: str | None
     message: str
     details: dict[str, Any]
+
+
+class JobLogPublic(Output):
+    attempt: int
+    at: datetime
+    line: str
+
+
+class JobMetricPublic(Output):
+    attempt: int
+    at: datetime
+    step: int
+    values: dict[str, Any]

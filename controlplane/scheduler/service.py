@@ -151,6 +151,10 @@ class SchedulerService:
             self._release(job, job.finished_at or self.clock(), report)
             return
         lost_nodes = [n for n, _ in job.assignment if n not in inventory.alive]
+        if lost_nodes and status in (S.RUNNING, S.PREEMPTING):
+            # Ray marks the node dead: the attempt is over whatever its supervisor says.
+            self._infrastructure_failure(job, f"node(s) lost: {', '.join(lost_nodes)}", report)
+            return
         try:
             sup = self.ray.status(job.id, job.attempt, job.observed_events)
         except SupervisorLost as exc:
@@ -166,9 +170,6 @@ class SchedulerService:
         now = self.clock()
         if status is S.ADMITTED:
             self._mark_running(job, report)
-            return
-        if lost_nodes and sup["state"] not in ("succeeded",):
-            self._infrastructure_failure(job, f"node(s) lost: {', '.join(lost_nodes)}", report)
             return
         if sup["state"] == "succeeded":
             self._finish(job, S.SUCCEEDED, "all ranks finished", report)
@@ -200,7 +201,7 @@ class SchedulerService:
             ckpt: dict[str, Any] | None = None
             for ev in events:
                 at = datetime.fromtimestamp(float(ev.get("at", now.timestamp())), UTC)
-                if ev["type"] == "metric":
+                if ev["type"] == "metric" and ev.get("rank", 0) == 0:  # one curve per job
                     s.add(
                         JobMetric(
                             job_id=job.id,

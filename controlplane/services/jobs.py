@@ -19,6 +19,8 @@ from controlplane.db.models import (
     Dataset,
     Job,
     JobEvent,
+    JobLog,
+    JobMetric,
     Role,
 )
 from controlplane.db.types import new_id
@@ -370,4 +372,31 @@ def events(session: Session, caller: Principal, job_id: str) -> Sequence[JobEven
     get_job(session, caller, job_id)
     return session.exec(
         select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
+    ).all()
+
+
+def logs(
+    session: Session, caller: Principal, job_id: str, attempt: int | None, tail: int
+) -> Sequence[JobLog]:
+    """The last ``tail`` log lines of an attempt (default: the current one), oldest first."""
+    job = get_job(session, caller, job_id)
+    rows = session.exec(
+        select(JobLog)
+        .where(JobLog.job_id == job_id, JobLog.attempt == (attempt or job.attempt))
+        .order_by(col(JobLog.id).desc())
+        .limit(tail)
+    ).all()
+    return list(reversed(rows))
+
+
+def metrics(
+    session: Session, caller: Principal, job_id: str, after_step: int, limit: int
+) -> Sequence[JobMetric]:
+    """Metric samples of every attempt in order (a resumed job continues its curve)."""
+    get_job(session, caller, job_id)
+    return session.exec(
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.step > after_step)
+        .order_by(col(JobMetric.step), col(JobMetric.id))
+        .limit(limit)
     ).all()

@@ -85,3 +85,35 @@ def job_events(
             schemas.JobEventPublic.model_validate(e) for e in jobs.events(session, caller, job_id)
         ]
     )
+
+
+@router.get("/jobs/{job_id}/logs", operation_id="getJobLogs")
+def job_logs(
+    job_id: str,
+    session: SessionDep,
+    caller: CallerDep,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+    tail: Annotated[int, Query(ge=1, le=5000)] = 200,
+) -> schemas.Page[schemas.JobLogPublic]:
+    return schemas.Page(
+        items=[
+            schemas.JobLogPublic.model_validate(r)
+            for r in jobs.logs(session, caller, job_id, attempt, tail)
+        ]
+    )
+
+
+@router.get("/jobs/{job_id}/metrics", operation_id="getJobMetrics")
+def job_metrics(
+    job_id: str,
+    session: SessionDep,
+    caller: CallerDep,
+    after_step: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> schemas.Page[schemas.JobMetricPublic]:
+    return schemas.Page(
+        items=[
+            schemas.JobMetricPublic.model_validate(r)
+            for r in jobs.metrics(session, caller, job_id, after_step, limit)
+        ]
+    )

@@ -36,6 +36,13 @@ def test_job_runs_on_the_nodes_the_engine_chose(env: Env) -> None:
         usage = s.exec(select(UsageRecord).where(UsageRecord.job_id == job["id"])).all()
         assert len(usage) == 1 and usage[0].ended_at is not None
         assert usage[0].gpus == 16 and usage[0].gpu_seconds > 0
+    curve = ok(env.client.get(f"/v1/jobs/{job['id']}/metrics", headers=bearer(env.alpha)))
+    assert [m["step"] for m in curve["items"]] == list(range(1, 7))
+    assert curve["items"][-1]["values"]["loss"] < curve["items"][0]["values"]["loss"]
+    tail = ok(
+        env.client.get(f"/v1/jobs/{job['id']}/logs", headers=bearer(env.alpha), params={"tail": 2})
+    )
+    assert len(tail["items"]) == 2 and "finished 6 steps" in tail["items"][-1]["line"]
     # The placement group is gone; no supervisor is left.
     assert env.service.ray.placement(job["id"], 1) is None
     with pytest.raises(ValueError):

@@ -81,6 +81,26 @@ def test_distilled_student_moves_toward_the_teacher(
     assert manifest["teacher"]["produced_by"] == "teacher"  # lineage through the manifest
 
 
+@pytest.mark.timeout(300)
+def test_zero3_distillation_partitions_the_teacher_too(
+    make_spec, corpus, teacher_dir, read_events
+) -> None:
+    spec = make_spec(
+        "distill",
+        corpus,
+        model={"name": "student-tiny"},
+        teacher={"name": "axk1-tiny", "weights_dir": str(teacher_dir)},
+        steps=8,
+        lr=5e-3,
+        zero_stage=3,
+    )
+    result = run_job(spec)
+    assert result.status == "succeeded", result.error
+    kd = [e["kd_loss"] for e in read_events(spec.output_dir) if e["type"] == "metrics"]
+    assert kd[-1] < kd[0], kd
+    assert (Path(spec.output_dir) / "student" / "model.safetensors").exists()
+
+
 def test_distill_refuses_a_teacher_with_another_vocabulary(make_spec, corpus) -> None:
     spec = make_spec(
         "distill", corpus, model={"name": "student-tiny"}, teacher={"name": "axk1-mini"}

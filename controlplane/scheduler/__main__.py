@@ -1,0 +1,56 @@
+"""Run a scheduler instance on its own: ``python -m controlplane.scheduler``.
+
+Used for a dedicated scheduler process next to API replicas (one is elected leader; the
+others stand by), and by the restart tests, which kill it with SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import ray
+
+import quotas
+from controlplane.db.engine import make_engine, migrate
+from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
+from controlplane.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    p = argparse.ArgumentParser(prog="python -m controlplane.scheduler")
+    p.add_argument("--database-url", default=settings.resolved_database_url)
+    p.add_argument("--ray-address", default=settings.ray_address)
+    p.add_argument("--checkpoint-root", default=str((settings.home / "checkpoints").resolve()))
+    p.add_argument("--holder", default=None, help="instance name (default: host + random)")
+    p.add_argument("--lease-ttl", type=float, default=15.0)
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--grace-period", type=float, default=120.0)
+    p.add_argument("--min-runtime", type=float, default=600.0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    engine = make_engine(args.database_url)
+    migrate(engine)
+    ray.init(address=args.ray_address, namespace="nuri", log_to_driver=False)
+    config = SchedulerConfig(
+        checkpoint_root=Path(args.checkpoint_root),
+        lease_ttl_s=args.lease_ttl,
+        interval_s=args.interval,
+        engine=quotas.EngineConfig(grace_period=args.grace_period, min_runtime=args.min_runtime),
+        **({"holder": args.holder} if args.holder else {}),
+    )
+    service = SchedulerService(engine, RayExecutor(), config)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    service.start()
+    done.wait()
+    service.stop()
+
+
+if __name__ == "__main__":
+    main()
