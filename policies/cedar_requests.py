@@ -185,20 +185,15 @@ def residency_owner(artifact: ArtifactFacts) -> tuple[Caller, ArtifactFacts]:
     return Caller(RESIDENCY_OWNER, Role.MEMBER_USER, RESIDENCY_OWNER), owned
 
 
-def access_entities(
-    caller: Caller, resource: AccessResource, into: dict[tuple[str, str], Entity]
-) -> Request:
-    """Add the entities of one access request to ``into``; return the request's uids."""
+def access_entities(caller: Caller, resource: AccessResource) -> tuple[Request, list[Entity]]:
+    """The uids (principal, resource) of one access request, and the entities it needs."""
     principal = user_entity(caller)
     target = resource_entity(resource)
-    for entity in (principal, target):
-        into[(entity["uid"]["type"], entity["uid"]["id"])] = entity
-    for member in (caller.member, getattr(resource, "member", None)):
+    entities = [principal, target]
+    for member in {caller.member, getattr(resource, "member", None)}:
         if isinstance(member, str):
-            into.setdefault(
-                (MEMBER_TYPE, member), {"uid": uid(MEMBER_TYPE, member), "attrs": {}, "parents": []}
-            )
-    return {"principal": principal["uid"], "resource": target["uid"]}
+            entities.append({"uid": uid(MEMBER_TYPE, member), "attrs": {}, "parents": []})
+    return {"principal": principal["uid"], "resource": target["uid"]}, entities
 
 
 # --- the words of an explanation -------------------------------------------------------

@@ -280,20 +280,21 @@ class PolicyEngine:
             else:
                 out[index] = cached
         for action, indexes in pending.items():
-            entities: dict[tuple[str, str], cr.Entity] = {}
-            cedar_requests = []
-            for index in indexes:
-                request = requests[index]
-                uids = cr.access_entities(request.caller, request.resource, entities)
-                cedar_request = {**uids, "action": cr.action_uid(action)}
-                if request.action is Action.EXPORT and request.destination is not None:
-                    cedar_request["context"] = cr.destination_context(request.destination)
-                cedar_requests.append(cedar_request)
-            verdicts = self._evaluate(action, cedar_requests, list(entities.values()))
-            for index, verdict in zip(indexes, verdicts, strict=True):
-                out[index] = verdict
-                if not verdict.errors:
-                    self.cache.put(self._key("access", requests[index]), verdict)
+            for batch in _without_conflicts(requests, indexes):
+                entities: dict[tuple[str, str], cr.Entity] = {}
+                cedar_requests = []
+                for index, uids, needed in batch:
+                    entities.update(((e["uid"]["type"], e["uid"]["id"]), e) for e in needed)
+                    cedar_request = {**uids, "action": cr.action_uid(action)}
+                    destination = requests[index].destination
+                    if requests[index].action is Action.EXPORT and destination is not None:
+                        cedar_request["context"] = cr.destination_context(destination)
+                    cedar_requests.append(cedar_request)
+                verdicts = self._evaluate(action, cedar_requests, list(entities.values()))
+                for (index, _, _), verdict in zip(batch, verdicts, strict=True):
+                    out[index] = verdict
+                    if not verdict.errors:
+                        self.cache.put(self._key("access", requests[index]), verdict)
         return [v if v is not None else _failure("not evaluated") for v in out]
 
     # --- evaluation ---------------------------------------------------------------------
@@ -431,6 +432,30 @@ def _named_inputs(
                 seen[key] = found
         named.append(found)
     return named
+
+
+def _without_conflicts(
+    requests: Sequence[AccessRequest], indexes: list[int]
+) -> list[list[tuple[int, cr.Request, list[cr.Entity]]]]:
+    """Split requests into Cedar batches in which each entity uid has one content.
+
+    Two requests may describe the same uid differently (a user whose role changed between
+    them); one entity store cannot hold both, so they go to different batches.
+    """
+    batches: list[list[tuple[int, cr.Request, list[cr.Entity]]]] = []
+    stores: list[dict[tuple[str, str], cr.Entity]] = []
+    for index in indexes:
+        uids, needed = cr.access_entities(requests[index].caller, requests[index].resource)
+        keyed = {(e["uid"]["type"], e["uid"]["id"]): e for e in needed}
+        for batch, store in zip(batches, stores, strict=True):
+            if all(store.get(key, entity) == entity for key, entity in keyed.items()):
+                store.update(keyed)
+                batch.append((index, uids, needed))
+                break
+        else:
+            batches.append([(index, uids, needed)])
+            stores.append(dict(keyed))
+    return batches
 
 
 def _failure(message: str) -> Verdict:

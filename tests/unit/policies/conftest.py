@@ -19,4 +19,5 @@ from policies import PolicyEngine  # noqa: E402
 @pytest.fixture(scope="module")
 def engine() -> PolicyEngine:
     """An engine over the shipped policies with its own cache."""
-    return fresh_engine()
+    shipped: PolicyEngine = fresh_engine()
+    return shipped

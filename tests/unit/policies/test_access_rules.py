@@ -152,3 +152,21 @@ def test_a_request_the_schema_does_not_allow_is_a_denial(engine: PolicyEngine) -
     assert not decision.allowed
     assert decision.policy_ids == ("nuri.evaluation-error",)
     assert "not valid" in decision.errors[0]
+
+
+def test_a_batch_may_describe_the_same_ids_differently(engine: PolicyEngine) -> None:
+    # The same user before and after a role change, the same job id under two members: one
+    # Cedar entity store cannot hold both, yet each request must be judged on its own facts.
+    promoted = Caller("alice", Role.MEMBER_ADMIN, "m-kt")
+    demoted = Caller("alice", Role.AUDITOR)
+    requests = [
+        AccessRequest(ALICE, Action.MANAGE_USERS, MemberRef("m-kt")),
+        AccessRequest(promoted, Action.MANAGE_USERS, MemberRef("m-kt")),
+        AccessRequest(demoted, Action.SUBMIT, KT_JOB),
+        AccessRequest(ALICE, Action.SUBMIT, JobFacts("j-1", "m-snu")),
+        AccessRequest(ALICE, Action.SUBMIT, KT_JOB),
+    ]
+    fresh = PolicyEngine.shipped(cache_size=0)
+    decisions = fresh.authorize_batch(requests)
+    assert [d.allowed for d in decisions] == [False, True, False, False, True]
+    assert decisions == [fresh.authorize(r.caller, r.action, r.resource) for r in requests]

@@ -11,11 +11,21 @@ from hypothesis import strategies as st
 from policy_builders import fresh_engine
 
 from policies import (
+    AccessRequest,
+    Action,
+    ArtifactFacts,
+    ArtifactKind,
+    AuditStream,
+    Caller,
     Classification,
     Destination,
+    JobFacts,
     Labels,
+    MemberRef,
+    Platform,
     PolicyEngine,
     PoolFacts,
+    Role,
     effective_label,
 )
 from policies.reference import (
@@ -236,3 +246,60 @@ def test_effective_label_ignores_order_and_grouping(
     if split:
         grouped = effective_label([effective_label(labels[:split]), *labels[split:]])
         assert grouped == effective_label(labels)
+
+
+callers = st.builds(
+    Caller,
+    user_id=st.sampled_from(["u1", "u2", "u3"]),
+    role=st.sampled_from(list(Role)),
+    member=st.sampled_from([None, "m-a", "m-b"]),
+)
+resources = st.one_of(
+    st.builds(JobFacts, ref=st.sampled_from(["j1", "j2"]), member=st.sampled_from(["m-a", "m-b"])),
+    st.builds(
+        ArtifactFacts,
+        ref=st.sampled_from(["d1", "d2"]),
+        labels=label_strategy(),
+        kind=st.sampled_from(list(ArtifactKind)),
+        member=st.sampled_from([None, "m-a", "m-b"]),
+    ),
+    st.builds(MemberRef, ref=st.sampled_from(["m-a", "m-b"])),
+    st.builds(AuditStream, member=st.sampled_from([None, "m-a", "m-b"])),
+    st.just(Platform()),
+)
+access_requests = st.builds(
+    AccessRequest,
+    caller=callers,
+    action=st.sampled_from([a for a in Action if a is not Action.SCHEDULE]),
+    resource=resources,
+    destination=st.builds(
+        Destination,
+        region=st.sampled_from(REGIONS),
+        jurisdiction=st.sampled_from(COUNTRIES),
+        max_classification=classifications,
+    ),
+)
+
+
+@CEDAR
+@given(st.lists(access_requests, min_size=1, max_size=12))
+def test_the_cache_never_changes_an_access_decision(requests: list[AccessRequest]) -> None:
+    first = ENGINE.authorize_batch(requests)
+    again = ENGINE.authorize_batch(requests)
+    uncached = [
+        UNCACHED.authorize(r.caller, r.action, r.resource, destination=r.destination)
+        for r in requests
+    ]
+    assert first == again == uncached
+    for request, decision in zip(requests, first, strict=True):
+        if decision.allowed and request.caller.role is Role.AUDITOR:
+            assert request.action in (
+                Action.READ,
+                Action.READ_USAGE,
+                Action.READ_AUDIT,
+                Action.EXPORT_AUDIT,
+            )
+        if decision.allowed and isinstance(request.resource, JobFacts | ArtifactFacts):
+            owner = request.resource.member
+            if request.caller.member is not None and owner is not None:
+                assert owner == request.caller.member
