@@ -19,18 +19,20 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class SyntheticConfig:
-    steps: int = 20
-    step_seconds: float = 0.2
+    # Defaults look like a short real job (five minutes of one-second steps) in the demo.
+    steps: int = 300
+    step_seconds: float = 1.0
     checkpoint_every: int = 5
     fail_at_step: int | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SyntheticConfig:
         fail = config.get("fail_at_step")
+        d = cls()
         return cls(
-            steps=int(config.get("steps", 20)),
-            step_seconds=float(config.get("step_seconds", 0.2)),
-            checkpoint_every=max(1, int(config.get("checkpoint_every", 5))),
+            steps=int(config.get("steps", d.steps)),
+            step_seconds=float(config.get("step_seconds", d.step_seconds)),
+            checkpoint_every=max(1, int(config.get("checkpoint_every", d.checkpoint_every))),
             fail_at_step=int(fail) if fail is not None else None,
         )
 
