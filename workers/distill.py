@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from workers.data import IGNORE_INDEX
 from workers.engines import TrainEngine
 from workers.model_stats import model_stats
-from workers.presets import load_model, resolve_model
+from workers.presets import ModelSource, load_model, resolve_model
 from workers.runtime import JobContext, JobResult
 from workers.spec import SpecError
 from workers.tokenizer import load_tokenizer
@@ -83,6 +83,34 @@ def distill_loss_fn(teacher: Any, temperature: float, hard_weight: float) -> Any
     return loss_fn
 
 
+def load_teacher(
+    source: ModelSource,
+    config: dict[str, Any] | None,
+    dtype: torch.dtype,
+    seed: int,
+    device: torch.device,
+) -> Any:
+    """The frozen teacher, callable like a model.
+
+    Under ZeRO-3 the teacher is partitioned like the student (A.X K1 fits no single GPU):
+    loaded inside ``zero.Init`` and wrapped in an optimizer-less DeepSpeed engine whose hooks
+    gather each layer's weights just for its forward pass.
+    """
+    if config is None or config["zero_optimization"]["stage"] != 3:
+        teacher = load_model(source, dtype=dtype, seed=seed).to(device).eval()
+        teacher.requires_grad_(False)
+        return teacher
+    import deepspeed
+
+    frozen_config = {k: v for k, v in config.items() if k != "optimizer"}
+    with partitioned_loading(config):
+        teacher = load_model(source, dtype=dtype, seed=seed)
+    teacher.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=teacher, config=frozen_config)
+    engine.eval()
+    return engine
+
+
 def run_distill(ctx: JobContext) -> JobResult:
     """Train the spec's student on the teacher's logits over the spec's dataset."""
     spec = ctx.spec
@@ -98,8 +126,7 @@ def run_distill(ctx: JobContext) -> JobResult:
         )
     config = engine_config(ctx, job_plan(ctx, student_src, teacher_src))
     tokenizer = load_tokenizer(teacher_src.tokenizer, teacher_src.weights_dir)
-    teacher = load_model(teacher_src, dtype=ctx.dtype, seed=spec.seed).to(ctx.device).eval()
-    teacher.requires_grad_(False)
+    teacher = load_teacher(teacher_src, config, ctx.dtype, spec.seed, ctx.device)
     with partitioned_loading(config):
         student = load_model(student_src, dtype=ctx.dtype, seed=spec.seed + 1).to(ctx.device)
     stream = load_stream(ctx, tokenizer)
