@@ -28,6 +28,17 @@ Decisions: ``PolicyEngine`` (``shipped()`` or ``from_text(policies, schema, rele
 ``export`` and ``authorize`` use the shipped policies. Each returns a ``Decision(allowed,
 policy_ids, reasons, errors, policy_set_hash)`` with ``to_dict()``.
 
+Lineage: ``policies.lineage.derived_from(inputs, changed)`` names the artifacts downstream of
+a relabelled input and ``lineage_labels(own, inputs)`` recomputes their labels.
+``policies.reference`` restates the residency rules in Python for cross-checking Cedar.
+
+Semantics worth knowing: a job is placed on a pool only if every input may be processed there
+(no inputs: denied, ``nuri.no-inputs``); export without a caller judges residency only, with a
+caller access too; an export destination is cleared up to ``sensitive`` unless asserted
+otherwise; a derived artifact mixing personal information from several jurisdictions gets a
+composite jurisdiction (``KR+US``) that matches no pool. Decisions are cached per
+(policy-set hash, the facts Cedar saw) in a bounded LRU; errors are never cached.
+
 Rule ids (``@id`` in ``policies/cedar/*.cedar``): ``residency.schedule.{permit,region,
 classification,personal-info-transfer}``, ``residency.export.{region,classification,
 personal-info-transfer}``, ``access.*``; engine-level ids ``nuri.evaluation-error`` and

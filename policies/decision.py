@@ -85,8 +85,10 @@ def combine(decisions: Iterable[Decision], policy_set_hash: str) -> Decision:
 class DecisionCache:
     """A bounded, thread-safe LRU map from request facts to verdicts.
 
-    Keys include the policy-set hash, so one cache may serve several policy sets. A
-    ``maxsize`` of 0 disables caching.
+    Keys are ``(policy-set hash, kind, facts)`` where the facts are the frozen dataclasses the
+    Cedar entities were built from: equal facts mean equal entities (an entity digest without
+    the hashing), and the hash keeps policy versions apart, so one cache may serve several
+    policy sets. A ``maxsize`` of 0 disables caching.
     """
 
     def __init__(self, maxsize: int = 65_536) -> None:

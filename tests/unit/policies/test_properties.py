@@ -28,6 +28,7 @@ from policies import (
     Role,
     effective_label,
 )
+from policies.lineage import derived_from, lineage_labels
 from policies.reference import (
     at_least_as_strict,
     export_violations,
@@ -139,7 +140,7 @@ def test_export_agrees_with_the_reference(
         assert _obeys_labels(label, region, country, clearance)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(chain=lineage())
 def test_effective_labels_only_get_stricter_along_lineage(
     chain: tuple[list[Labels], list[tuple[int, ...]]],
@@ -234,7 +235,7 @@ def test_the_cache_never_changes_a_decision(
             assert UNCACHED.placement(inputs, target) == first[job][target.name]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(label_strategy(), min_size=1, max_size=5), st.randoms())
 def test_effective_label_ignores_order_and_grouping(
     labels: list[Labels], rnd: random.Random
@@ -303,3 +304,17 @@ def test_the_cache_never_changes_an_access_decision(requests: list[AccessRequest
             owner = request.resource.member
             if request.caller.member is not None and owner is not None:
                 assert owner == request.caller.member
+
+
+@settings(max_examples=100, deadline=None)
+@given(chain=lineage(), changed=st.integers(0, 20))
+def test_lineage_labels_reproduce_the_chain_and_find_every_descendant(
+    chain: tuple[list[Labels], list[tuple[int, ...]]], changed: int
+) -> None:
+    artifacts, parents = chain
+    own = {str(i): label for i, label in enumerate(artifacts) if not parents[i]}
+    inputs = {str(i): [str(p) for p in ps] for i, ps in enumerate(parents) if ps}
+    assert lineage_labels(own, inputs) == {str(i): label for i, label in enumerate(artifacts)}
+    source = changed % len(artifacts)
+    expected = {str(i) for i in range(len(artifacts)) if source in _ancestors(parents, i)}
+    assert derived_from(inputs, [str(source)]) == expected
