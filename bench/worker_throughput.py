@@ -73,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"torch": [], "deepspeed": []}
     started = time.time()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _corpus(work / "corpus.jsonl")
@@ -91,11 +92,15 @@ def main() -> None:
         "per_round": rates,
         "deepspeed_over_torch": ds_rate / torch_rate,
         "seconds": round(time.time() - started, 1),
+        # Wall-clock rates on a shared machine: record how busy it was.
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
+        "cpus": os.cpu_count(),
     }
     print(f"preset {args.preset}, seq 128 x micro-batch 8, median over steps > {args.warmup}")
     print(f"plain torch loop : {torch_rate:10.0f} tokens/s")
     print(f"DeepSpeed ZeRO-2 : {ds_rate:10.0f} tokens/s")
     print(f"DeepSpeed / torch: {ds_rate / torch_rate:10.3f}")
+    print(f"per round: {rates}; load average {load_start:.1f} -> {os.getloadavg()[0]:.1f}")
     results_dir = Path(__file__).resolve().parent / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "worker_throughput.json").write_text(json.dumps(result, indent=2))

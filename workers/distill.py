@@ -5,9 +5,9 @@ where ``T`` is the temperature and ``w`` the hard-label weight (the ``T^2`` keep
 scale independent of ``T``, Hinton et al. 2015). Teacher and student must share a vocabulary,
 so their logits index the same tokens; the planner and this module both refuse a mismatch.
 
-The teacher runs in eval mode under ``torch.no_grad`` on every rank (on GPU clusters its
-weights are sharded like an inference job's, see the planner); only the student goes through
-the DeepSpeed engine.
+The teacher runs in eval mode under ``torch.no_grad`` on every rank; only the student is
+trained. Under ZeRO-3 (what the planner picks for A.X K1 teachers) both are partitioned over
+the ranks, the teacher in an optimizer-less DeepSpeed engine.
 """
 
 from __future__ import annotations
