@@ -19,7 +19,7 @@ def release_timeline(state: CycleState, pool: str) -> list[tuple[float, Placemen
 
     Victims already promised to a preemptor are left out: their GPUs go to that job.
     """
-    timeline = [(r.end, r.placement) for r in state.running[pool] if not r.claimed]
+    timeline = [(r.end, r.placement) for r in state.running(pool) if not r.claimed]
     timeline.extend(state.admitted_ends[pool])
     timeline.sort(key=lambda item: item[0])
     return timeline

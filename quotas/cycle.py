@@ -83,31 +83,12 @@ class CycleState:
             self.config.fair_share_half_life,
             use_history=self.config.policy == "nuri",
         )
-        self.running: dict[str, list[RunningRecord]] = {p: [] for p in self.pools}
+        self._running_jobs = snapshot.running
+        self._running: dict[str, list[RunningRecord]] | None = None
         used: dict[tuple[str, str], int] = {}
-        rank = {c.name: (c.value, c.preemptible) for c in snapshot.priority_classes}
-        positions = {name: index.position for name, index in self.index.items()}
-        # Input order does not matter: every later use sorts or breaks ties on ids.
         for job in snapshot.running:
-            position = positions.get(job.pool)
-            if position is None:
-                continue
-            if len(job.assignments) == 1:  # the common case, kept cheap
-                ((where, gpus),) = job.assignments
-                placement = [(position[where], gpus)] if where in position else []
-                gpus = gpus if placement else 0
-            else:
-                placement = [(position[n], g) for n, g in job.assignments if n in position]
-                gpus = sum(g for _, g in placement)
-            value, preemptible = rank.get(job.priority_class, (0, True))
-            end = job.preempting_until
-            if end is None:
-                end = job.started_at + job.max_runtime
-                if end < now:
-                    end = now
-            self.running[job.pool].append(
-                RunningRecord(job, placement, value, preemptible, end, gpus)
-            )
+            assignments = job.assignments
+            gpus = assignments[0][1] if len(assignments) == 1 else sum(g for _, g in assignments)
             key = (job.member, job.pool)
             used[key] = used.get(key, 0) + gpus
         for (who, pool), gpus in sorted(used.items()):
@@ -135,6 +116,32 @@ class CycleState:
         # Per pool, the running jobs that may be victims, cheapest first (built lazily).
         self.victims: dict[str, list[RunningRecord]] = {}
         self.victim_floors: dict[str, VictimFloor] = {}
+
+    def running(self, pool: str) -> list[RunningRecord]:
+        """Running workloads of ``pool`` as records (built on first use: many cycles never
+        need them -- only preemption, backfill timelines and ETAs do)."""
+        if self._running is None:
+            self._running = self._records()
+        return self._running[pool]
+
+    def _records(self) -> dict[str, list[RunningRecord]]:
+        records: dict[str, list[RunningRecord]] = {p: [] for p in self.pools}
+        rank = {c.name: (c.value, c.preemptible) for c in self.classes.values()}
+        positions = {name: index.position for name, index in self.index.items()}
+        now = self.now
+        # Input order does not matter: every later use sorts or breaks ties on ids.
+        for job in self._running_jobs:
+            position = positions.get(job.pool)
+            if position is None:
+                continue
+            placement = [(position[n], g) for n, g in job.assignments if n in position]
+            value, preemptible = rank.get(job.priority_class, (0, True))
+            end = job.preempting_until
+            if end is None:
+                end = max(now, job.started_at + job.max_runtime)
+            gpus = sum(g for _, g in placement)
+            records[job.pool].append(RunningRecord(job, placement, value, preemptible, end, gpus))
+        return records
 
 
 def _name(obj: Pool | Member) -> str:

@@ -152,7 +152,7 @@ def estimate_etas(state: CycleState, records: list[PendingRecord]) -> list[float
     free: dict[str, int] = {}
     clock: dict[str, float] = {}
     for name in state.pools:
-        releases = [(r.end, r.gpus) for r in state.running[name] if not r.claimed]
+        releases = [(r.end, r.gpus) for r in state.running(name) if not r.claimed]
         releases.extend((end, sum(g for _, g in pl)) for end, pl in state.admitted_ends[name])
         heapq.heapify(releases)
         heaps[name] = releases

@@ -55,7 +55,7 @@ def eligible_victims(state: CycleState, pool: str) -> list[RunningRecord]:
         return found
     cfg, now = state.config, state.now
     keyed = []
-    for record in state.running[pool]:
+    for record in state.running(pool):
         victim = record.job
         leaving = victim.preempting_until is not None
         if not leaving and (
