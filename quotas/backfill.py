@@ -63,7 +63,11 @@ def shadow_start(
 
 
 def hold(
-    state: CycleState, pool: str, job_id: str, found: tuple[float, Placement, dict[int, int]]
+    state: CycleState,
+    pool: str,
+    job_id: str,
+    found: tuple[float, Placement, dict[int, int]],
+    guaranteed: bool = False,
 ) -> ReservationState:
     """Hold the GPUs a head job found by :func:`shadow_start` needs and that are free now."""
     index = state.index[pool]
@@ -74,7 +78,7 @@ def hold(
         if need_now > 0:
             index.take(i, need_now)
             held[i] = need_now
-    reservation = ReservationState(job_id, start, placement, held)
+    reservation = ReservationState(job_id, start, placement, held, guaranteed)
     state.reservations[pool] = reservation
     return reservation
 

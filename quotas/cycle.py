@@ -49,13 +49,15 @@ class ReservationState:
     """A backfill reservation: GPUs free now that the head needs at ``start``.
 
     ``held`` (node -> GPUs) was taken out of the pool index; jobs that end before ``start``
-    may still use it.
+    may still use it. A reservation for a borrowing head (not ``guaranteed``) yields to a job
+    that reclaims its member's nominal quota: the quota guarantee comes first.
     """
 
     job_id: str
     start: float
     placement: Placement
     held: dict[int, int] = field(default_factory=dict)
+    guaranteed: bool = False  # the head fits its member's nominal quota
 
 
 class CycleState:

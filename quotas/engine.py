@@ -414,7 +414,7 @@ class _Cycle:
         for guaranteed_first in (True, False):
             for pool, shape, in_nominal, _ in blocked:
                 if in_nominal is guaranteed_first and self._try_preemption(
-                    head, pool, shape, reasons
+                    head, pool, shape, in_nominal, reasons
                 ):
                     return
         record = PendingRecord(job, reasons, first_pool)
@@ -435,11 +435,17 @@ class _Cycle:
         return (head.job.member, head.priority, head.preemptible, head.shapes, sides)
 
     def _try_preemption(
-        self, head: _Head, pool: str, shape: Shape, reasons: list[Reason | Deferred]
+        self,
+        head: _Head,
+        pool: str,
+        shape: Shape,
+        in_nominal: bool,
+        reasons: list[Reason | Deferred],
     ) -> bool:
         state, job = self.state, head.job
-        if pool in state.reservations:
-            return False  # the reserved head is ahead of this job; never undercut it
+        reservation = state.reservations.get(pool)
+        if reservation is not None and (reservation.guaranteed or not in_nominal):
+            return False  # the reserved head is ahead of this job; only a reclaim outranks it
         memo = (pool, job.member, head.priority, shape, head.preemptible)
         if memo in self._failed_preemptions:
             return False
@@ -494,19 +500,19 @@ class _Cycle:
         self, head: _Head, blocked: list[tuple[str, Shape, bool, bool]], record: PendingRecord
     ) -> bool:
         state = self.state
-        best: tuple[float, str, tuple[float, Placement, dict[int, int]]] | None = None
-        for pool, shape, _, quota_ok in blocked:
+        best: tuple[float, str, tuple[float, Placement, dict[int, int]], bool] | None = None
+        for pool, shape, in_nominal, quota_ok in blocked:
             if not quota_ok or pool in state.reservations or (pool, shape) in self._no_shadow:
                 continue
             found = shadow_start(state.index[pool], shape, release_timeline(state, pool))
             if found is None:
                 self._no_shadow.add((pool, shape))
             elif best is None or found[0] < best[0]:
-                best = (found[0], pool, found)
+                best = (found[0], pool, found, in_nominal)
         if best is None:
             return False
-        _, pool, found = best
-        reservation = hold(state, pool, head.job.job_id, found)
+        _, pool, found, in_nominal = best
+        reservation = hold(state, pool, head.job.job_id, found, in_nominal)
         names = state.index[pool].names_of(reservation.placement)
         self.reserved.append(Reservation(head.job.job_id, pool, reservation.start, names))
         record.eta = reservation.start

@@ -566,3 +566,25 @@ def test_fifo_blocks_behind_its_head_and_drf_serves_the_smaller_share() -> None:
     drf = run(builder.config(policy="drf"))
     # m1 already holds 4 GPUs, so m2's job goes first; m1's small job still fits after it.
     assert [a.job_id for a in drf.admitted] == ["other", "small"]
+
+
+def test_a_borrowers_reservation_yields_to_a_reclaim_within_nominal() -> None:
+    builder = (
+        cluster()
+        .pool(nodes=2)
+        .member("m1", nominal=12)
+        .member("m2", nominal=4)  # borrows 8 below
+        .member("lender", nominal=16)
+        .running(
+            make_running("r0", "m2").on("h200-0", 8).started(NOW - 5000).runtime(6000),
+            make_running("r1", "m2").on("h200-1", 4).started(NOW - 5000).runtime(6000),
+        )
+        .pending(
+            make_job("big", "m1").gpus(16).submitted(0),  # borrows: gets the reservation
+            make_job("small", "m1").gpus(4).submitted(1),  # inside m1's nominal quota
+        )
+    )
+    decisions = run(builder)
+    assert [r.job_id for r in decisions.reservations] == ["big"]
+    (preempt,) = decisions.preempted
+    assert (preempt.for_job, preempt.reason) == ("small", codes.RECLAIM)
