@@ -199,6 +199,59 @@ def fits(plan: Plan, gpus: int, nodes: int | None = None) -> bool:
     return shortfall(plan, gpus, nodes) is None
 
 
+# Fields of a plan request body (POST /v1/plan) and their types.
+REQUEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "kind": str,
+    "precision": str,
+    "seq_len": int,
+    "micro_batch": int,
+    "gpu_memory_gib": (int, float),
+    "gpus_per_node": int,
+    "teacher": str,
+    "lora_rank": int,
+}
+
+
+def plan_from_request(body: dict[str, Any], default_pool: PoolSpec | None = None) -> Plan:
+    """:func:`plan` for a JSON request body: ``{"model", "kind", "precision"?, "seq_len"?,
+    "micro_batch"?, "gpu_memory_gib"?, "gpus_per_node"?, "teacher"?, "lora_rank"?}``.
+
+    Unknown fields, wrong types and missing ``model``/``kind`` raise :class:`PlanError`; pool
+    fields left out come from ``default_pool`` (an H200 node by default).
+    """
+    if not isinstance(body, dict):
+        raise PlanError("a plan request is a JSON object")
+    unknown = sorted(set(body) - set(REQUEST_FIELDS))
+    if unknown:
+        raise PlanError(f"unknown field(s): {', '.join(unknown)}")
+    for name, kind in REQUEST_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise PlanError(f"{name}: expected {getattr(kind, '__name__', 'a number')}")
+    for name in ("model", "kind"):
+        if not body.get(name):
+            raise PlanError(f"{name}: required")
+    pool = default_pool or POOLS["h200"]
+    pool = PoolSpec(
+        float(body.get("gpu_memory_gib") or pool.gpu_memory_gib),
+        int(body.get("gpus_per_node") or pool.gpus_per_node),
+        pool.name if "gpu_memory_gib" not in body else "custom",
+        pool.gpu_model if "gpu_memory_gib" not in body else "unknown",
+        pool.max_nodes,
+    )
+    return plan(
+        body["model"],
+        body["kind"],
+        body.get("precision") or "bf16",
+        body.get("seq_len"),
+        body.get("micro_batch") or 1,
+        pool,
+        teacher=body.get("teacher"),
+        lora_rank=body.get("lora_rank") or DEFAULT_LORA_RANK,
+    )
+
+
 def _source(model: str | ModelSource | Any) -> ModelSource:
     if isinstance(model, ModelSource):
         return model

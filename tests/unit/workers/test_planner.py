@@ -165,3 +165,21 @@ def test_more_gpu_memory_never_needs_more_gpus(
     _check_plan_is_within_budget(small)
     _check_plan_is_within_budget(large)
     assert large.gpus <= small.gpus
+
+
+def test_plan_from_a_request_body() -> None:
+    from workers.planner import plan_from_request
+
+    body = {"model": "axk1", "kind": "inference", "precision": "fp8", "gpu_memory_gib": 80}
+    p = plan_from_request(body)
+    assert p.pool.gpu_memory_gib == 80 and p.to_dict()["gpus"] == 8
+    assert plan_from_request({"model": "axk1", "kind": "lora"}, POOLS["h100"]).pool == H100
+    for bad in (
+        {"model": "axk1"},
+        {"model": "axk1", "kind": "lora", "gpus": 8},
+        {"model": "axk1", "kind": "lora", "seq_len": "4096"},
+        {"model": "axk1", "kind": "lora", "micro_batch": True},
+        [],
+    ):
+        with pytest.raises(PlanError):
+            plan_from_request(bad)  # type: ignore[arg-type]
