@@ -50,7 +50,7 @@ from quotas.placement import Placement, Shape, describe_shape, shape_for
 from quotas.preemption import plan_preemption, victim_floor
 from quotas.snapshot import PendingWorkload, Pool, Snapshot, validate
 
-__all__ = ["admit"]
+__all__ = ["admit", "admit_validated"]
 
 
 @dataclass(slots=True)
@@ -73,6 +73,12 @@ def admit(snapshot: Snapshot, now: float) -> Decisions:
     Raises :class:`quotas.snapshot.SnapshotError` on a structurally invalid snapshot.
     """
     validate(snapshot)
+    return admit_validated(snapshot, now)
+
+
+def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
+    """:func:`admit` without the structural check, for a caller that built the snapshot from
+    an already validated structure (the simulator validates its cluster once, not per cycle)."""
     # 1. Heads.
     heads, invalid = _heads(snapshot)
     # 2. Snapshot.
@@ -310,6 +316,8 @@ class _Cycle:
             if not self._greedy(head, open_pools):
                 for pool, _ in open_pools:
                     blocked[pool] = job.job_id
+                if not self.explain and len(blocked) == len(self.state.index):
+                    return  # every pool is blocked: the rest can only wait
 
     # -- 5. admit ------------------------------------------------------------------------
 

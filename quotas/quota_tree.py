@@ -19,66 +19,69 @@ than its members' quota.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 from quotas.snapshot import Cohort, Member, Quota
 
+QuotaItems = tuple[tuple[str, Quota], ...]
+TreeKey = tuple[
+    tuple[tuple[str, str | None, QuotaItems], ...],  # cohorts: name, parent, quotas
+    tuple[tuple[str, str, QuotaItems], ...],  # members: name, cohort, quotas
+    tuple[str, ...],  # pools
+]
 
-class QuotaTree:
-    """Mutable per-cycle quota state; usage changes as the cycle admits and preempts."""
 
-    def __init__(self, cohorts: Iterable[Cohort], members: Iterable[Member], pools: list[str]):
-        cohorts, members = list(cohorts), list(members)
-        self.pools = pools
-        self._index: dict[str, int] = {}
-        self._parent: list[int] = []
-        self._children: list[list[int]] = []
-        self._quota: list[dict[str, Quota]] = []
-        self._is_member: list[bool] = []
-        self._names: list[str] = []
+class _Structure:
+    """The usage-independent part of the tree: built once per distinct quota configuration
+    (a pure function of it, memoised) and shared read-only by the cycles that use it."""
+
+    def __init__(self, key: TreeKey):
+        cohorts, members, pools = key
+        self.index: dict[str, int] = {}
+        self.parent: list[int] = []
+        self.children: list[list[int]] = []
+        self.quota: list[dict[str, Quota]] = []
+        self.names: list[str] = []
         self.member_index: dict[str, int] = {}
-        for cohort in sorted(cohorts, key=lambda c: c.name):
-            self._add(("cohort", cohort.name), dict(cohort.quotas), False)
-        for member in sorted(members, key=lambda m: m.name):
-            self.member_index[member.name] = self._add(
-                ("member", member.name), dict(member.quotas), True
-            )
-        index = self._index
-        for cohort in cohorts:
-            if cohort.parent is not None:
-                self._link(index["cohort:" + cohort.name], index["cohort:" + cohort.parent])
-        for member in members:
-            if member.cohort:
-                self._link(index["member:" + member.name], index["cohort:" + member.cohort])
-        n = len(self._parent)
-        self._subtree: dict[str, list[int]] = {p: [0] * n for p in pools}
-        self._guaranteed: dict[str, list[int]] = {p: [0] * n for p in pools}
-        self._usage: dict[str, list[int]] = {p: [0] * n for p in pools}
+        for name, _, quotas in cohorts:
+            self._add("cohort:" + name, name, dict(quotas))
+        for name, _, quotas in members:
+            self.member_index[name] = self._add("member:" + name, name, dict(quotas))
+        for name, parent, _ in cohorts:
+            if parent is not None:
+                self._link(self.index["cohort:" + name], self.index["cohort:" + parent])
+        for name, cohort, _ in members:
+            if cohort:
+                self._link(self.index["member:" + name], self.index["cohort:" + cohort])
+        n = len(self.parent)
+        self.subtree: dict[str, list[int]] = {p: [0] * n for p in pools}
+        self.guaranteed: dict[str, list[int]] = {p: [0] * n for p in pools}
+        order = self._post_order()
         for pool in pools:
-            for node in self._post_order():
+            for node in order:
                 self._refresh_quota(node, pool)
         # Flat per-pool nominal arrays: the hot path of a cycle reads them for every head.
-        self._nominal: dict[str, list[int]] = {
-            p: [q[p].nominal if p in q else 0 for q in self._quota] for p in pools
+        self.nominal: dict[str, list[int]] = {
+            p: [q[p].nominal if p in q else 0 for q in self.quota] for p in pools
         }
 
-    def _add(self, key: tuple[str, str], quotas: dict[str, Quota], is_member: bool) -> int:
-        idx = len(self._parent)
-        self._index[key[0] + ":" + key[1]] = idx
-        self._names.append(key[1])
-        self._parent.append(-1)
-        self._children.append([])
-        self._quota.append(quotas)
-        self._is_member.append(is_member)
+    def _add(self, key: str, name: str, quotas: dict[str, Quota]) -> int:
+        idx = len(self.parent)
+        self.index[key] = idx
+        self.names.append(name)
+        self.parent.append(-1)
+        self.children.append([])
+        self.quota.append(quotas)
         return idx
 
     def _link(self, child: int, parent: int) -> None:
-        self._parent[child] = parent
-        self._children[parent].append(child)
+        self.parent[child] = parent
+        self.children[parent].append(child)
 
     def _post_order(self) -> list[int]:
         order: list[int] = []
-        roots = [i for i, p in enumerate(self._parent) if p < 0]
+        roots = [i for i, p in enumerate(self.parent) if p < 0]
         stack: list[tuple[int, bool]] = [(r, False) for r in reversed(roots)]
         while stack:
             node, done = stack.pop()
@@ -86,17 +89,48 @@ class QuotaTree:
                 order.append(node)
                 continue
             stack.append((node, True))
-            stack.extend((c, False) for c in reversed(self._children[node]))
+            stack.extend((c, False) for c in reversed(self.children[node]))
         return order
 
     def _refresh_quota(self, node: int, pool: str) -> None:
-        quota = self._quota[node].get(pool)
+        quota = self.quota[node].get(pool)
         total = quota.nominal if quota else 0
-        for child in self._children[node]:
-            total += self._subtree[pool][child] - self._guaranteed[pool][child]
-        self._subtree[pool][node] = total
+        for child in self.children[node]:
+            total += self.subtree[pool][child] - self.guaranteed[pool][child]
+        self.subtree[pool][node] = total
         lending = quota.lending_limit if quota else None
-        self._guaranteed[pool][node] = max(0, total - lending) if lending is not None else 0
+        self.guaranteed[pool][node] = max(0, total - lending) if lending is not None else 0
+
+
+@lru_cache(maxsize=32)
+def _structure(key: TreeKey) -> _Structure:
+    return _Structure(key)
+
+
+def _items(quotas: Mapping[str, Quota]) -> QuotaItems:
+    return tuple(sorted(quotas.items()))
+
+
+class QuotaTree:
+    """Mutable per-cycle quota state; usage changes as the cycle admits and preempts."""
+
+    def __init__(self, cohorts: Iterable[Cohort], members: Iterable[Member], pools: list[str]):
+        key: TreeKey = (
+            tuple(sorted((c.name, c.parent, _items(c.quotas)) for c in cohorts)),
+            tuple(sorted((m.name, m.cohort, _items(m.quotas)) for m in members)),
+            tuple(pools),
+        )
+        shape = _structure(key)
+        self.pools = pools
+        self.member_index = shape.member_index
+        self._parent = shape.parent
+        self._quota = shape.quota
+        self._names = shape.names
+        self._subtree = shape.subtree
+        self._guaranteed = shape.guaranteed
+        self._nominal = shape.nominal
+        n = len(self._parent)
+        self._usage: dict[str, list[int]] = {p: [0] * n for p in pools}
 
     # -- queries -------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from quotas.engine import admit
+from quotas.engine import admit_validated
 from quotas.fair_share import decay_usage
 from quotas.replay_setup import ReplayCluster, node_gpus
 from quotas.snapshot import (
@@ -46,6 +46,7 @@ from quotas.snapshot import (
     PriorityClass,
     RunningWorkload,
     Snapshot,
+    validate,
 )
 from quotas.traces import TraceJob
 
@@ -184,6 +185,7 @@ class _PoolReplay:
         self.preemptions = 0
         self.cycles = 0
         self._node_tuple: tuple[Node, ...] | None = None
+        self.validated = False
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -236,7 +238,10 @@ class _PoolReplay:
             tuple(self.pending.values()),
             self.engine,
         )
-        decisions = admit(snapshot, now)
+        if not self.validated:
+            validate(snapshot)  # the structure never changes during a replay: check it once
+            self.validated = True
+        decisions = admit_validated(snapshot, now)
         for adm in decisions.admitted:
             self._start(adm.job_id, adm.assignments, now)
         for pre in decisions.preempted:
