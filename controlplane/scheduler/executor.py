@@ -45,6 +45,10 @@ class SupervisorLost(Exception):
     """The supervisor actor died or its node is gone."""
 
 
+class Unanswered(Exception):
+    """The supervisor did not reply within this cycle's deadline."""
+
+
 @dataclass(frozen=True, slots=True)
 class Inventory:
     # Nuri node name -> Ray node id, for alive Ray nodes only.
@@ -159,23 +163,53 @@ class RayExecutor:
         except ValueError:
             return None
 
-    def status(self, job_id: str, attempt: int, after_event: int) -> dict[str, Any] | None:
-        """The supervisor's report, None when no supervisor of this attempt exists."""
-        sup = self._supervisor(job_id)
-        if sup is None:
-            return None
-        try:
-            info = ray.get(sup.ping.remote(), timeout=self.call_timeout_s)
-            if info["attempt"] != attempt:
-                return None
-            out: dict[str, Any] = ray.get(
-                sup.status.remote(after_event), timeout=self.call_timeout_s * 2
+    def status_many(
+        self, jobs: list[tuple[str, int, int]], timeout_s: float | None = None
+    ) -> dict[str, dict[str, Any] | Exception | None]:
+        """Ask every supervisor at once; ``(job_id, attempt, events already stored)`` each.
+
+        Per job: the report; None when no supervisor of that attempt exists; SupervisorLost
+        when its actor died; Unanswered when it did not reply in time (still starting, or
+        its node is slow) -- the caller decides how long that may last. One slow supervisor
+        never holds up the cycle for the others.
+        """
+        out: dict[str, dict[str, Any] | Exception | None] = {}
+        refs: dict[Any, tuple[str, int]] = {}
+        for job_id, attempt, after in jobs:
+            sup = self._supervisor(job_id)
+            if sup is None:
+                out[job_id] = None
+            else:
+                refs[sup.status.remote(after)] = (job_id, attempt)
+        if refs:
+            ready, _ = ray.wait(
+                list(refs),
+                num_returns=len(refs),
+                timeout=timeout_s if timeout_s is not None else 0.5,
             )
-            return out
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise SupervisorLost(f"supervisor of {job_id} lost: {type(exc).__name__}") from exc
-        except ray.exceptions.GetTimeoutError as exc:
-            raise SupervisorLost(f"supervisor of {job_id} does not answer") from exc
+            for ref in refs:
+                job_id, attempt = refs[ref]
+                if ref not in ready:
+                    out[job_id] = Unanswered(f"supervisor of {job_id} has not answered yet")
+                    continue
+                try:
+                    report: dict[str, Any] = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                    out[job_id] = SupervisorLost(
+                        f"supervisor of {job_id} lost: {type(exc).__name__}"
+                    )
+                    continue
+                out[job_id] = report if report["attempt"] == attempt else None
+        return out
+
+    def status(self, job_id: str, attempt: int, after_event: int) -> dict[str, Any] | None:
+        """One supervisor's report (see ``status_many``); raises on loss or silence."""
+        got = self.status_many([(job_id, attempt, after_event)], timeout_s=self.call_timeout_s)[
+            job_id
+        ]
+        if isinstance(got, Exception):
+            raise SupervisorLost(str(got))
+        return got
 
     def preempt(self, job_id: str, deadline: float) -> None:
         sup = self._supervisor(job_id)

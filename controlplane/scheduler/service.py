@@ -46,7 +46,7 @@ from controlplane.scheduler.executor import (
     LaunchSpec,
     PlacementFailed,
     RayExecutor,
-    SupervisorLost,
+    Unanswered,
 )
 from controlplane.scheduler.snapshot import build, held_assignments
 from controlplane.scheduler.usage import close_usage, open_usage
@@ -74,6 +74,8 @@ class SchedulerConfig:
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     lease_ttl_s: float = 15.0
     interval_s: float = 2.0
+    # How long a supervisor may stay silent (starting, overloaded) before the attempt fails.
+    supervisor_timeout_s: float = 120.0
     engine: quotas.EngineConfig = field(default_factory=quotas.EngineConfig)
 
 
@@ -91,6 +93,8 @@ class SchedulerService:
         self.clock = clock
         self.token: int | None = None
         self.last_report: CycleReport | None = None
+        # Cache only: when each silent supervisor went quiet (restarts begin counting anew).
+        self._silent_since: dict[str, datetime] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,14 +140,26 @@ class SchedulerService:
     def _observe(self, inventory: Inventory, report: CycleReport) -> None:
         with Session(self.db, expire_on_commit=False) as s:
             jobs = held_assignments(s)
+        live = [
+            (j.id, j.attempt, j.observed_events)
+            for j in jobs
+            if j.status in (S.ADMITTED.value, S.RUNNING.value, S.PREEMPTING.value)
+        ]
+        reports = self.ray.status_many(live) if live else {}
         for job in jobs:
             try:
-                self._observe_one(job, inventory, report)
+                self._observe_one(job, inventory, reports.get(job.id), report)
             except InvalidTransition as exc:
                 # Someone else (a cancel, another tick) moved the job first: next tick sees it.
                 log.info("job %s moved underneath us: %s", job.id, exc.message)
 
-    def _observe_one(self, job: Job, inventory: Inventory, report: CycleReport) -> None:
+    def _observe_one(
+        self,
+        job: Job,
+        inventory: Inventory,
+        sup: dict[str, Any] | Exception | None,
+        report: CycleReport,
+    ) -> None:
         status = S(job.status)
         if status in (S.CANCELLED, S.SUCCEEDED, S.FAILED, S.QUEUED):
             # Finished (or requeued) but still holding Ray resources: free them exactly once.
@@ -155,10 +171,15 @@ class SchedulerService:
             # Ray marks the node dead: the attempt is over whatever its supervisor says.
             self._infrastructure_failure(job, f"node(s) lost: {', '.join(lost_nodes)}", report)
             return
-        try:
-            sup = self.ray.status(job.id, job.attempt, job.observed_events)
-        except SupervisorLost as exc:
-            self._infrastructure_failure(job, str(exc), report)
+        if isinstance(sup, Unanswered):
+            since = self._silent_since.setdefault(job.id, self.clock())
+            if (self.clock() - since).total_seconds() > self.config.supervisor_timeout_s:
+                self._silent_since.pop(job.id, None)
+                self._infrastructure_failure(job, f"{sup}; giving up", report)
+            return
+        self._silent_since.pop(job.id, None)
+        if isinstance(sup, Exception):
+            self._infrastructure_failure(job, str(sup), report)
             return
         if sup is None:
             if status is S.ADMITTED:

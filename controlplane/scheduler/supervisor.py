@@ -106,28 +106,29 @@ class JobSupervisor:
     def ping(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "started_at": self.started_at}
 
-    def status(self, after_event: int, timeout_s: float = 10.0) -> dict[str, Any]:
+    def status(self, after_event: int, timeout_s: float = 1.0) -> dict[str, Any]:
         """Aggregate the ranks: overall state, and events after index ``after_event``.
 
         Events are kept for the whole attempt so a control plane that crashed after reading
         them but before storing them reads them again: it passes how many it has stored.
+        Ranks that do not answer within ``timeout_s`` (still starting, or busy) count as
+        running; a rank whose actor died fails the attempt.
         """
-        states: list[str] = []
+        refs = {r.poll.remote(self._seen[i]): i for i, r in enumerate(self.ranks)}
+        ready, _pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        states = ["running"] * len(self.ranks)
         errors: list[str] = []
-        refs = [r.poll.remote(self._seen[i]) for i, r in enumerate(self.ranks)]
-        for i, ref in enumerate(refs):
+        for ref in ready:
+            i = refs[ref]
             try:
-                out = ray.get(ref, timeout=timeout_s)
+                out = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                states.append("failed")
+                states[i] = "failed"
                 errors.append(f"rank {i} lost: {type(exc).__name__}")
-                continue
-            except ray.exceptions.GetTimeoutError:
-                states.append("running")
                 continue
             self._seen[i] += len(out["events"])
             self._buffer.extend(out["events"])
-            states.append(out["state"])
+            states[i] = out["state"]
             if out["error"]:
                 errors.append(f"rank {i}: {out['error']}")
         if "failed" in states:
@@ -139,6 +140,7 @@ class JobSupervisor:
         else:
             state = "running"
         return {
+            "attempt": self.attempt,
             "state": state,
             "errors": errors,
             "events": self._buffer[after_event:],
