@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a private instance, never a Ray another test or `nuri up` left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
