@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from quotas import decisions as codes
 from quotas.backfill import hold, place_backfill, release_timeline, shadow_start, take
@@ -46,21 +45,12 @@ from quotas.explain import (
     rank,
     relative,
 )
-from quotas.placement import Placement, Shape, describe_shape, shape_for
+from quotas.placement import Placement, Shape, describe_shape
 from quotas.preemption import plan_preemption, victim_floor
-from quotas.snapshot import PendingWorkload, Pool, Snapshot, validate
+from quotas.queues import Head, queue_heads
+from quotas.snapshot import Snapshot, validate
 
 __all__ = ["admit", "admit_validated"]
-
-
-@dataclass(slots=True)
-class _Head:
-    """A queued job with what phase 1 resolved: priority and its shape in each known pool."""
-
-    job: PendingWorkload
-    priority: int
-    preemptible: bool
-    shapes: tuple[tuple[str, Shape | None], ...]
 
 
 def admit(snapshot: Snapshot, now: float) -> Decisions:
@@ -80,78 +70,25 @@ def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
     """:func:`admit` without the structural check, for a caller that built the snapshot from
     an already validated structure (the simulator validates its cluster once, not per cycle)."""
     # 1. Heads.
-    heads, invalid = _heads(snapshot)
+    queued, invalid = queue_heads(snapshot)
     # 2. Snapshot.
     state = CycleState(snapshot, now)
     cycle = _Cycle(state)
     # 3-5. Assignment, order and admission, per policy.
     policy = state.config.policy
     if policy == "fifo":
-        cycle.run_fifo(heads)
+        cycle.run_fifo(queued)
     elif policy == "drf":
-        cycle.run_tournament(heads, cycle.drf_key, cycle.try_greedy)
+        cycle.run_tournament(queued, cycle.drf_key, cycle.try_greedy)
     else:
-        cycle.run_tournament(heads, cycle.nuri_key, cycle.try_nuri)
+        cycle.run_tournament(queued, cycle.nuri_key, cycle.try_nuri)
     cycle.waiting.extend(sorted(invalid, key=lambda r: r.job.job_id))
     return cycle.decisions()
 
 
-def _heads(snapshot: Snapshot) -> tuple[list[_Head], list[PendingRecord]]:
-    pools = {p.name: p for p in snapshot.pools}
-    classes = {c.name: c for c in snapshot.priority_classes}
-    members = {m.name for m in snapshot.members}
-    heads: list[_Head] = []
-    invalid: list[PendingRecord] = []
-    shape_cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]] = {}
-    # Jobs asking the same thing share one shapes tuple (cheaper to hash in the memos).
-    shapes_of: dict[
-        tuple[tuple[str, ...], int, int | None, bool], tuple[tuple[str, Shape | None], ...]
-    ] = {}
-    # No sort needed: member queues sort on a total order ending in the job id.
-    for job in snapshot.pending:
-        pclass = classes.get(job.priority_class)
-        if pclass is None or job.member not in members or job.gpus <= 0 or job.max_runtime <= 0:
-            if job.member not in members:
-                problem = f"unknown member {job.member}"
-            elif pclass is None:
-                problem = f"unknown priority class {job.priority_class}"
-            else:
-                problem = "a job needs at least one GPU and a positive max runtime"
-            reason = Reason(codes.INVALID_REQUEST, problem)
-            invalid.append(PendingRecord(job, [reason], None, None, True))
-            continue
-        shapes = shapes_of.get((job.allowed_pools, job.gpus, job.nodes, job.same_domain))
-        if shapes is None:
-            shapes = tuple(
-                _shape(shape_cache, job, pools[p]) for p in job.allowed_pools if p in pools
-            )
-            shapes_of[(job.allowed_pools, job.gpus, job.nodes, job.same_domain)] = shapes
-        if not shapes:
-            reason = Reason(
-                codes.NO_ALLOWED_POOL,
-                "no pool may run this job (residency of its data or unknown pools)",
-            )
-            invalid.append(PendingRecord(job, [reason], None, None, True))
-            continue
-        heads.append(_Head(job, pclass.value, pclass.preemptible, shapes))
-    return heads, invalid
-
-
-def _shape(
-    cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]],
-    job: PendingWorkload,
-    pool: Pool,
-) -> tuple[str, Shape | None]:
-    key = (pool.name, job.gpus, job.nodes, job.same_domain)
-    found = cache.get(key)
-    if found is None:
-        found = cache[key] = (pool.name, shape_for(job, pool))
-    return found
-
-
 TournamentKey = tuple[int, float, int, float, str]
-_KeyFn = Callable[[_Head], TournamentKey]
-_TryFn = Callable[[_Head], None]
+_KeyFn = Callable[[Head], TournamentKey]
+_TryFn = Callable[[Head], None]
 
 
 class _Cycle:
@@ -178,7 +115,7 @@ class _Cycle:
 
     # -- 4. order ------------------------------------------------------------------------
 
-    def nuri_key(self, head: _Head) -> TournamentKey:
+    def nuri_key(self, head: Head) -> TournamentKey:
         """In-nominal heads first by priority and age; borrowers by fair-share score."""
         job, tree = head.job, self.state.tree
         for pool, shape in head.shapes:
@@ -187,15 +124,15 @@ class _Cycle:
         score = self.state.fair.score(job.member)
         return (1, score, -head.priority, job.submitted_at, job.job_id)
 
-    def drf_key(self, head: _Head) -> TournamentKey:
+    def drf_key(self, head: Head) -> TournamentKey:
         """Lowest weighted dominant share first; FIFO inside a member; priority ignored."""
         job = head.job
         share = self.state.fair.dominant_share(job.member)
         return (0, share, 0, job.submitted_at, job.job_id)
 
-    def run_tournament(self, heads: list[_Head], key_of: _KeyFn, try_head: _TryFn) -> None:
+    def run_tournament(self, heads: list[Head], key_of: _KeyFn, try_head: _TryFn) -> None:
         """Serve member queues in key order, re-keying a winner lazily (keys only worsen)."""
-        queues: dict[str, list[_Head]] = {}
+        queues: dict[str, list[Head]] = {}
         for head in heads:
             queues.setdefault(head.job.member, []).append(head)
         fifo_inside = self.state.config.policy == "drf"
@@ -222,7 +159,7 @@ class _Cycle:
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
 
-    def _skip_failed(self, queue: list[_Head]) -> None:
+    def _skip_failed(self, queue: list[Head]) -> None:
         """Settle, right away, the member's next heads that must fail like an earlier one.
 
         They would wait anyway (see ``_failed_heads``); settling them now means a blocked
@@ -293,7 +230,7 @@ class _Cycle:
                 return False
         return True
 
-    def run_fifo(self, heads: list[_Head]) -> None:
+    def run_fifo(self, heads: list[Head]) -> None:
         """One queue in submit order; a blocked job blocks its pools for everyone after it."""
         blocked: dict[str, str] = {}
         for head in sorted(heads, key=lambda h: (h.job.submitted_at, h.job.job_id)):
@@ -321,7 +258,7 @@ class _Cycle:
 
     # -- 5. admit ------------------------------------------------------------------------
 
-    def try_greedy(self, head: _Head) -> None:
+    def try_greedy(self, head: Head) -> None:
         """Baseline admission: first pool where the job fits, no quotas, no preemption."""
         usable = [(p, s) for p, s in head.shapes if s is not None and self._ever(p, s)]
         if not usable:
@@ -329,7 +266,7 @@ class _Cycle:
             return
         self._greedy(head, usable)
 
-    def _greedy(self, head: _Head, usable: list[tuple[str, Shape]]) -> bool:
+    def _greedy(self, head: Head, usable: list[tuple[str, Shape]]) -> bool:
         state = self.state
         reasons: list[Reason | Deferred] = []
         for pool, shape in usable:
@@ -342,7 +279,7 @@ class _Cycle:
         self.waiting.append(PendingRecord(head.job, reasons, usable[0][0]))
         return False
 
-    def try_nuri(self, head: _Head) -> None:
+    def try_nuri(self, head: Head) -> None:
         """Admit in nominal, else borrowing, else preempt, else hold a reservation, else wait."""
         state, job = self.state, head.job
         tree, member, explain = state.tree, job.member, self.explain
@@ -430,7 +367,7 @@ class _Cycle:
             self._failed_heads[signature] = record
         self.waiting.append(record)
 
-    def _signature(self, head: _Head, end: float) -> tuple[object, ...]:
+    def _signature(self, head: Head, end: float) -> tuple[object, ...]:
         reservations = self.state.reservations
         sides = (
             tuple(
@@ -444,7 +381,7 @@ class _Cycle:
 
     def _try_preemption(
         self,
-        head: _Head,
+        head: Head,
         pool: str,
         shape: Shape,
         in_nominal: bool,
@@ -505,7 +442,7 @@ class _Cycle:
         return True
 
     def _try_reservation(
-        self, head: _Head, blocked: list[tuple[str, Shape, bool, bool]], record: PendingRecord
+        self, head: Head, blocked: list[tuple[str, Shape, bool, bool]], record: PendingRecord
     ) -> bool:
         state = self.state
         best: tuple[float, str, tuple[float, Placement, dict[int, int]], bool] | None = None
@@ -527,7 +464,7 @@ class _Cycle:
         record.eta_pool = pool
         return True
 
-    def _admit(self, head: _Head, pool: str, placement: Placement, borrowing: bool) -> None:
+    def _admit(self, head: Head, pool: str, placement: Placement, borrowing: bool) -> None:
         state, job = self.state, head.job
         end = state.now + job.max_runtime
         take(state, pool, placement, end)
@@ -549,7 +486,7 @@ class _Cycle:
             found = self._ever_cache[key] = self.state.index[pool].can_ever_fit(shape)
         return found
 
-    def _shape_reason(self, head: _Head, pool: str, shape: Shape | None) -> Reason:
+    def _shape_reason(self, head: Head, pool: str, shape: Shape | None) -> Reason:
         info = self.state.pools[pool]
         index = self.state.index[pool]
         if shape is None:
@@ -564,7 +501,7 @@ class _Cycle:
             f"{len(index.names)} live nodes, so it can never fit",
         )
 
-    def _never_fits(self, head: _Head) -> PendingRecord:
+    def _never_fits(self, head: Head) -> PendingRecord:
         reasons: list[Reason | Deferred] = []
         if self.explain:
             reasons.extend(self._shape_reason(head, p, s) for p, s in head.shapes)
