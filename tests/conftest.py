@@ -71,8 +71,11 @@ KEY_DIR = Path(tempfile.mkdtemp(prefix="nuri-test-keys-"))
 
 def make_client(engine: Engine) -> TestClient:
     # Tests never write under the repository's ./.nuri: one throwaway signing key for the run.
-    settings = Settings(bootstrap_admin_token=ADMIN_TOKEN, home=KEY_DIR,
-                        audit_key_path=KEY_DIR / "audit-signing-key.pem")
+    settings = Settings(
+        bootstrap_admin_token=ADMIN_TOKEN,
+        home=KEY_DIR,
+        audit_key_path=KEY_DIR / "audit-signing-key.pem",
+    )
     app = create_app(settings, engine)
     return TestClient(app, raise_server_exceptions=False)
 
@@ -102,6 +105,7 @@ class Tenant:
     job: dict[str, Any] = field(default_factory=dict)
     quota: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    artifact: dict[str, Any] = field(default_factory=dict)
     user_token_id: str = ""
 
 
@@ -121,6 +125,24 @@ class World:
 def ok(resp: Any, status: int = 200) -> Any:
     assert resp.status_code == status, resp.text
     return resp.json()
+
+
+def register_artifact(client: TestClient, job_id: str) -> dict[str, Any]:
+    """What the scheduler records when a job succeeds (the job need not have run)."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from controlplane.db.models import Job
+    from controlplane.services.artifacts import register_output
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine, expire_on_commit=False) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        art = register_output(s, job, datetime.now(UTC), f"s3://out/{job_id}", "ab" * 32)
+        s.commit()
+        return art.model_dump(mode="json")
 
 
 def build_world(client: TestClient) -> World:
@@ -227,6 +249,7 @@ def build_world(client: TestClient) -> World:
             ),
             201,
         )
+        t.artifact = register_artifact(client, t.job["id"])
         tenants.append(t)
     auditor = ok(
         client.post(

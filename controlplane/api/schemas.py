@@ -386,3 +386,33 @@ class JobMetricPublic(Output):
     at: datetime
     step: int
     values: dict[str, Any]
+
+
+# --- artifacts and policies ----------------------------------------------------------------
+
+
+class ArtifactPublic(Output):
+    id: str
+    member_id: str
+    job_id: str | None
+    name: str
+    kind: str
+    uri: str
+    sha256: str | None
+    labels: dict[str, Any]
+    provenance: dict[str, Any]
+    created_at: datetime
+
+
+class ExportRequest(Input):
+    region: Region
+    jurisdiction: Country
+    max_classification: Classification = Classification.SENSITIVE
+
+
+class WhereRequest(Input):
+    """ "Where may this job run, and why?" without submitting it."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    inputs: list[str] = Field(default_factory=list, max_length=100)
+    pools: list[str] | None = None

@@ -20,6 +20,7 @@ instance or another, completes: names are deterministic, so nothing is created t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 import quotas
+from controlplane import residency
 from controlplane.audit import log as audit_log
 from controlplane.db.models import Job, JobEvent, JobLog, JobMetric, Node
 from controlplane.db.types import utcnow
@@ -49,7 +51,8 @@ from controlplane.scheduler.executor import (
     Unanswered,
 )
 from controlplane.scheduler.snapshot import build, held_assignments
-from controlplane.scheduler.usage import close_usage, open_usage
+from controlplane.services import artifacts
+from controlplane.usage import close_usage, open_usage
 
 log = logging.getLogger("nuri.scheduler")
 S = JobStatus
@@ -192,6 +195,20 @@ class SchedulerService:
         if status is S.ADMITTED:
             self._mark_running(job, report)
             return
+        if status is S.RUNNING and sup["state"] == "running":
+            with Session(self.db, expire_on_commit=False) as s:
+                decision = residency.placement(s, job, job.pool or "")
+            if not decision.allowed:
+                why = "; ".join(decision.reasons) or "denied by policy"
+                self._finish(
+                    job,
+                    S.FAILED,
+                    f"stopped: its inputs may no longer be processed in {job.pool} ({why})",
+                    report,
+                    code="residency_violation",
+                    details=decision.to_dict(),
+                )
+                return
         if sup["state"] == "succeeded":
             self._finish(job, S.SUCCEEDED, "all ranks finished", report)
         elif sup["state"] == "failed":
@@ -291,9 +308,16 @@ class SchedulerService:
         self._wake.set()
 
     def _finish(
-        self, job: Job, to: JobStatus, message: str, report: CycleReport, code: str | None = None
+        self,
+        job: Job,
+        to: JobStatus,
+        message: str,
+        report: CycleReport,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         now = self.clock()
+        output = self._output_of(job) if to is S.SUCCEEDED else None
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
             transition(
@@ -314,13 +338,27 @@ class SchedulerService:
                 stream=job.member_id,
                 now=now,
                 outcome="success" if to is S.SUCCEEDED else "failure",
-                details={"message": message, "attempt": job.attempt},
+                details={"message": message, "attempt": job.attempt, **(details or {})},
             )
+            if output is not None:
+                # The artifact and its effective label are written with the SUCCEEDED status.
+                artifacts.register_output(s, job, now, *output)
             s.commit()
         self.ray.teardown(job.id, job.attempt)
         job.status = to.value
         self._release(job, now, report)
         report.finished[job.id] = to.value
+
+    def _output_of(self, job: Job) -> tuple[str, str | None]:
+        """Where the job's output lies and its content hash (read before any transaction)."""
+        directory = self.config.checkpoint_root / job.id
+        if not directory.is_dir():
+            return job.checkpoint_uri or str(directory), None
+        digest = hashlib.sha256()
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(directory).as_posix().encode())
+            digest.update(path.read_bytes())
+        return str(directory), digest.hexdigest()
 
     def _infrastructure_failure(self, job: Job, why: str, report: CycleReport) -> None:
         if job.attempt > job.max_retries:
@@ -504,6 +542,12 @@ class SchedulerService:
         return notices
 
     def _launch(self, job: Job, inventory: Inventory, report: CycleReport) -> None:
+        with Session(self.db, expire_on_commit=False) as s:
+            decision = residency.placement(s, job, job.pool or "")
+        if not decision.allowed:
+            # Checked again at placement: labels may have changed since the engine decided.
+            self._unadmit(job, "residency_denied", "; ".join(decision.reasons) or "denied")
+            return
         spec = LaunchSpec(
             job_id=job.id,
             attempt=job.attempt,
@@ -516,24 +560,28 @@ class SchedulerService:
         try:
             self.ray.launch(spec, inventory.alive)
         except PlacementFailed as exc:
-            now = self.clock()
-            with Session(self.db, expire_on_commit=False) as s:
-                self._fence(s, now)
-                transition(
-                    s,
-                    job.id,
-                    expected=S.ADMITTED,
-                    to=S.QUEUED,
-                    now=now,
-                    message=str(exc),
-                    assignment=[],
-                    pool=None,
-                    attempt=job.attempt,
-                    reasons=[{"code": "placement_failed", "message": str(exc)}],
-                )
-                s.commit()
+            self._unadmit(job, "placement_failed", str(exc))
             return
         self._mark_running(job, report)
+
+    def _unadmit(self, job: Job, code: str, message: str) -> None:
+        """Roll an admission back (same attempt): the job waits for the next cycle."""
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            transition(
+                s,
+                job.id,
+                expected=S.ADMITTED,
+                to=S.QUEUED,
+                now=now,
+                message=message,
+                assignment=[],
+                pool=None,
+                attempt=job.attempt,
+                reasons=[{"code": code, "message": message}],
+            )
+            s.commit()
 
     # --- the loop --------------------------------------------------------------------------
 

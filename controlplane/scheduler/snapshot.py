@@ -9,6 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 import quotas
+from controlplane import residency
 from controlplane.db.models import (
     Budget,
     Job,
@@ -21,7 +22,7 @@ from controlplane.db.models import (
     UsageRecord,
 )
 from controlplane.jobstate import JobStatus
-from controlplane.scheduler.usage import running_gpu_seconds
+from controlplane.usage import running_gpu_seconds
 
 COHORT = "consortium"
 # Jobs whose GPUs are held: everything between admission and teardown.
@@ -144,6 +145,9 @@ def build(
         )
 
     all_pools = tuple(sorted(pool_by_name))
+    queued = session.exec(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
+    # Residency filters each job's pools here, every cycle: labels may have changed.
+    permitted = residency.allowed_pools_by_job(session, queued) if queued else {}
     pending = [
         quotas.PendingWorkload(
             job_id=j.id,
@@ -152,12 +156,14 @@ def build(
             priority_class=j.priority_class,
             submitted_at=j.created_at.timestamp(),
             max_runtime=float(j.max_runtime_s),
-            allowed_pools=tuple(j.allowed_pools) or all_pools,
+            allowed_pools=tuple(
+                p for p in (tuple(j.allowed_pools) or all_pools) if p in permitted.get(j.id, ())
+            ),
             nodes=j.nodes if j.nodes > 1 else None,
             same_domain=j.same_domain,
             times_preempted=j.times_preempted,
         )
-        for j in session.exec(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
+        for j in queued
     ]
     return quotas.Snapshot(
         pools=tuple(

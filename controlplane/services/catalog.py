@@ -18,7 +18,9 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from controlplane import residency
 from controlplane.db.models import Node, NodeStatus, Pool, PriorityClass
+from policies import PoolFacts
 
 TTL_S = 2.0
 
@@ -38,6 +40,8 @@ class Catalog:
     shapes: dict[str, PoolShape]
     # priority class name -> preemptible
     priority_classes: dict[str, bool]
+    # pool name -> admin-asserted residency facts
+    pool_facts: dict[str, PoolFacts]
 
 
 _lock = threading.Lock()
@@ -60,7 +64,8 @@ def load(session: Session) -> Catalog:
         for pid, p in pools.items()
     }
     classes = {pc.name: pc.preemptible for pc in session.exec(select(PriorityClass)).all()}
-    return Catalog(shapes=shapes, priority_classes=classes)
+    facts = {f.name: f for f in residency.pool_facts(pools.values())}
+    return Catalog(shapes=shapes, priority_classes=classes, pool_facts=facts)
 
 
 def get(session: Session) -> Catalog:

@@ -16,8 +16,8 @@ from controlplane.auth import Principal
 from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass, Quota, UsageRecord
 from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, InvalidRequest, NotFound
-from controlplane.scheduler.usage import running_gpu_seconds
 from controlplane.services import catalog, lookup, paging
+from controlplane.usage import running_gpu_seconds
 
 DEFAULT_PRIORITY_CLASSES = (
     PriorityClass(

@@ -12,10 +12,12 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from controlplane import residency
 from controlplane.api import schemas
 from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
 from controlplane.db.models import (
+    Artifact,
     Dataset,
     Job,
     JobEvent,
@@ -35,7 +37,7 @@ from controlplane.jobstate import TERMINAL, JobStatus, transition
 from controlplane.services import catalog, lookup, paging
 
 # Base models every member may name; anything else must be a registered model dataset.
-BASE_MODELS = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "student-tiny"})
+BASE_MODELS = frozenset(residency.BASE_MODEL_JURISDICTION)
 MAX_CONFIG_BYTES = 64 * 1024
 
 
@@ -74,6 +76,46 @@ def _fits(shape: catalog.PoolShape, nodes: int, per_node: int, same_domain: bool
     return nodes <= usable
 
 
+def input_ids_of(session: Session, member_id: str, body: schemas.JobCreate) -> list[str]:
+    """The caller's datasets by id or name; another member's is as unknown as a missing one."""
+    input_ids: list[str] = []
+    for ref in body.inputs:
+        ds = session.exec(
+            select(Dataset).where(
+                Dataset.member_id == member_id, (Dataset.id == ref) | (Dataset.name == ref)
+            )
+        ).first()
+        if ds is None:
+            raise InvalidRequest(
+                f"unknown dataset {ref!r}", code="unknown_dataset", details={"dataset": ref}
+            )
+        input_ids.append(ds.id)
+    return input_ids
+
+
+def check_model(session: Session, member_id: str, model: str) -> None:
+    """A base model, a model dataset or a derived model artifact of the caller's member."""
+    if model in BASE_MODELS:
+        return
+    if model.startswith("art_"):
+        art = session.get(Artifact, model)
+        if art is not None and art.member_id == member_id:
+            return
+    found = session.exec(
+        select(Dataset).where(
+            Dataset.member_id == member_id,
+            Dataset.kind == "model",
+            (Dataset.id == model) | (Dataset.name == model),
+        )
+    ).first()
+    if found is None:
+        raise InvalidRequest(
+            f"unknown model {model!r}",
+            code="unknown_model",
+            details={"model": model, "base_models": sorted(BASE_MODELS)},
+        )
+
+
 def _validate(
     session: Session, member_id: str, body: schemas.JobCreate
 ) -> tuple[int, int, list[str], bool]:
@@ -93,6 +135,22 @@ def _validate(
         [shapes[p] for p in body.allowed_pools] if body.allowed_pools else list(shapes.values())
     )
     nodes, per_node = _shape(body, candidates)
+    input_ids = input_ids_of(session, member_id, body)
+    check_model(session, member_id, body.model)
+    # Residency before capacity: a pool the data may not enter is no candidate at all.
+    facts = residency.input_facts(
+        session, member_id, body.model, input_ids, list(cat.pool_facts.values())
+    )
+    decisions = residency.engine().allowed_pools(
+        facts, [cat.pool_facts[c.name] for c in candidates]
+    )
+    permitted = [c for c in candidates if decisions[c.name].allowed]
+    if not permitted:
+        raise residency.ResidencyDenied(
+            "no allowed pool may process this job's data and model",
+            details=residency.denial_details(decisions),
+        )
+    candidates = permitted
     if not any(_fits(s, nodes, per_node, body.same_domain) for s in candidates):
         raise InvalidRequest(
             f"{nodes} node(s) x {per_node} GPUs is larger than any allowed pool can ever hold",
@@ -114,32 +172,6 @@ def _validate(
                 },
             },
         )
-    input_ids: list[str] = []
-    for ref in body.inputs:
-        ds = session.exec(
-            select(Dataset).where(
-                Dataset.member_id == member_id, (Dataset.id == ref) | (Dataset.name == ref)
-            )
-        ).first()
-        if ds is None:
-            raise InvalidRequest(
-                f"unknown dataset {ref!r}", code="unknown_dataset", details={"dataset": ref}
-            )
-        input_ids.append(ds.id)
-    if body.model not in BASE_MODELS:
-        model = session.exec(
-            select(Dataset).where(
-                Dataset.member_id == member_id,
-                Dataset.kind == "model",
-                (Dataset.id == body.model) | (Dataset.name == body.model),
-            )
-        ).first()
-        if model is None:
-            raise InvalidRequest(
-                f"unknown model {body.model!r}",
-                code="unknown_model",
-                details={"model": body.model, "base_models": sorted(BASE_MODELS)},
-            )
     class_preemptible = cat.priority_classes.get(body.priority_class)
     if class_preemptible is None:
         raise InvalidRequest(
@@ -181,7 +213,30 @@ def submit(
         existing = _by_key(session, member_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    nodes, per_node, input_ids, preemptible = _validate(session, member_id, body)
+    try:
+        nodes, per_node, input_ids, preemptible = _validate(session, member_id, body)
+    except residency.ResidencyDenied as denied:
+        # A policy denial is a decision worth keeping: record it, though nothing else is.
+        session.rollback()
+        audit_log.record(
+            session,
+            caller,
+            "job.submit",
+            "job",
+            None,
+            stream=member_id,
+            now=now,
+            outcome="denied",
+            details={
+                "code": denied.code,
+                "model": body.model,
+                "inputs": body.inputs,
+                "allowed_pools": body.allowed_pools,
+                **denied.details,
+            },
+        )
+        session.commit()
+        raise
     # Core inserts, not ORM objects: building two SQLModel table instances costs more than the
     # rest of a submission together, and this is the API's hottest write.
     row: dict[str, Any] = {

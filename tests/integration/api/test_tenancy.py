@@ -50,6 +50,12 @@ COVERED = {
     ("PATCH", "/v1/datasets/{ref}"),
     ("GET", "/v1/jobs/{job_id}/logs"),
     ("GET", "/v1/jobs/{job_id}/metrics"),
+    ("GET", "/v1/artifacts"),
+    ("GET", "/v1/artifacts/{art_id}"),
+    ("POST", "/v1/artifacts/{art_id}/export"),
+    ("GET", "/v1/artifacts/{art_id}/download"),
+    ("GET", "/v1/policies"),
+    ("POST", "/v1/policies/where"),
     ("GET", "/v1/audit/events"),
     ("GET", "/v1/audit/verify"),
     ("GET", "/v1/audit/export"),
@@ -97,6 +103,13 @@ def cross_member_requests(w: World) -> list[tuple[str, str, dict[str, Any] | Non
         ("GET", f"/v1/jobs/{b.job['id']}/events", None),
         ("GET", f"/v1/jobs/{b.job['id']}/logs", None),
         ("GET", f"/v1/jobs/{b.job['id']}/metrics", None),
+        ("GET", f"/v1/artifacts/{b.artifact['id']}", None),
+        (
+            "POST",
+            f"/v1/artifacts/{b.artifact['id']}/export",
+            {"region": "kr-seoul", "jurisdiction": "KR"},
+        ),
+        ("GET", f"/v1/artifacts/{b.artifact['id']}/download", None),
         ("GET", "/v1/users", {"member": b.member["name"]}),
         ("GET", "/v1/quotas", {"member": b.member["name"]}),
         ("GET", "/v1/budgets", {"member": b.member["name"]}),
@@ -133,7 +146,16 @@ def test_another_members_objects_are_404(world: World, who: str) -> None:
 def test_lists_show_only_the_callers_member(world: World) -> None:
     a, b = world.a, world.b
     for token in (a.user_token, a.admin_token):
-        for coll in ("members", "users", "tokens", "quotas", "budgets", "datasets", "jobs"):
+        for coll in (
+            "members",
+            "users",
+            "tokens",
+            "quotas",
+            "budgets",
+            "datasets",
+            "jobs",
+            "artifacts",
+        ):
             items = ok(world.client.get(f"/v1/{coll}", headers=bearer(token)))["items"]
             assert items, coll
             for item in items:
@@ -149,6 +171,16 @@ def test_lists_show_only_the_callers_member(world: World) -> None:
         headers = world.root if token is None else bearer(token)
         jobs = ok(world.client.get("/v1/jobs", headers=headers))["items"]
         assert {j["member_id"] for j in jobs} == {a.member["id"], b.member["id"]}
+
+
+def test_dry_run_with_another_members_dataset_reveals_nothing(world: World) -> None:
+    resp = world.client.post(
+        "/v1/policies/where",
+        headers=bearer(world.a.user_token),
+        json={"model": "axk1", "inputs": [world.b.dataset["id"]]},
+    )
+    assert resp.status_code == 422 and resp.json()["code"] == "unknown_dataset"
+    ok(world.client.get("/v1/policies", headers=bearer(world.a.user_token)))
 
 
 def test_submitting_with_another_members_dataset_reveals_nothing(world: World) -> None:

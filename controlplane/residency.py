@@ -1,0 +1,209 @@
+"""The control plane's side of residency: facts from rows, decisions from ``policies``.
+
+Enforcement points (ARCHITECTURE §5): submission (no allowed pool is a 422
+``residency_denied`` naming the rules), the engine's input (each queued job's allowed pools
+are filtered every cycle, so a relabelled input takes effect at once), placement (checked
+again just before launch), running jobs (stopped when an input's new label forbids their
+pool), and artifact export and download.
+
+Base models carry labels too: A.X K1 and its presets are Korean-jurisdiction weights that may
+be processed in Korean regions only; the student architectures are initialised from scratch
+and may run anywhere. A model derived from A.X K1 inherits that through its effective label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from controlplane.db.models import Artifact, Dataset, Pool
+from controlplane.errors import NuriError
+from policies import (
+    ArtifactFacts,
+    ArtifactKind,
+    Classification,
+    Decision,
+    Labels,
+    PolicyEngine,
+    PoolFacts,
+    effective_label,
+)
+
+# Base model -> the jurisdiction whose regions may process it (None: any region).
+BASE_MODEL_JURISDICTION: dict[str, str | None] = {
+    "axk1": "KR",
+    "axk1-mini": "KR",
+    "axk1-tiny": "KR",
+    "student-7b": None,
+    "student-tiny": None,
+}
+
+
+class ResidencyDenied(NuriError):
+    status_code = 422
+    code = "residency_denied"
+
+
+class ExportDenied(NuriError):
+    status_code = 403
+    code = "residency_denied"
+
+
+@lru_cache(maxsize=1)
+def engine() -> PolicyEngine:
+    """The active policy set (the shipped one; one engine per process shares its cache)."""
+    return PolicyEngine.shipped()
+
+
+def pool_facts(pools: Iterable[Pool]) -> list[PoolFacts]:
+    return [
+        PoolFacts(
+            name=p.name,
+            region=p.region,
+            jurisdiction=p.jurisdiction,
+            max_classification=Classification.parse(p.max_classification),
+        )
+        for p in pools
+    ]
+
+
+def base_model_labels(model: str, pools: Sequence[PoolFacts]) -> Labels:
+    juris = BASE_MODEL_JURISDICTION[model]
+    regions = {p.region for p in pools if juris is None or p.jurisdiction == juris}
+    # A model nobody may process anywhere yet still needs a region set: an impossible one.
+    return Labels(jurisdiction=juris or "KR", allowed_regions=frozenset(regions or {"none"}))
+
+
+def artifact_labels(session: Session, art: Artifact, seen: frozenset[str] = frozenset()) -> Labels:
+    """An artifact's label now: the stricter of what was stored when it was written and what
+    its lineage gives with the inputs' current labels (a relabelled input reaches it)."""
+    stored = Labels.from_dict(art.labels)
+    inputs = art.provenance.get("inputs", [])
+    if art.id in seen or not inputs:
+        return stored
+    current: list[Labels] = [stored]
+    for ref in inputs:
+        kind, ident = ref.get("type"), ref.get("id")
+        if kind == "dataset":
+            ds = session.get(Dataset, ident)
+            if ds is not None:
+                current.append(Labels.from_dict(ds.labels))
+        elif kind == "artifact":
+            parent = session.get(Artifact, ident)
+            if parent is not None:
+                current.append(artifact_labels(session, parent, seen | {art.id}))
+    return effective_label(current)
+
+
+def input_facts(
+    session: Session,
+    member_id: str,
+    model: str,
+    input_ids: Sequence[str],
+    pools: Sequence[PoolFacts],
+) -> list[ArtifactFacts]:
+    """Everything a job reads, the model included, as labelled facts."""
+    facts: list[ArtifactFacts] = []
+    if model in BASE_MODEL_JURISDICTION:
+        facts.append(
+            ArtifactFacts(
+                ref=f"model:{model}",
+                labels=base_model_labels(model, pools),
+                kind=ArtifactKind.MODEL,
+            )
+        )
+    elif model.startswith("art_"):
+        art = session.get(Artifact, model)
+        if art is not None and art.member_id == member_id:
+            facts.append(
+                ArtifactFacts(
+                    ref=art.id,
+                    labels=artifact_labels(session, art),
+                    kind=ArtifactKind.MODEL,
+                    member=member_id,
+                )
+            )
+    else:
+        ds = session.exec(
+            select(Dataset).where(
+                Dataset.member_id == member_id,
+                col(Dataset.kind) == "model",
+                (Dataset.id == model) | (Dataset.name == model),
+            )
+        ).first()
+        if ds is not None:
+            facts.append(
+                ArtifactFacts(
+                    ref=ds.id,
+                    labels=Labels.from_dict(ds.labels),
+                    kind=ArtifactKind.MODEL,
+                    member=member_id,
+                )
+            )
+    for ident in input_ids:
+        ds = session.get(Dataset, ident)
+        if ds is not None:
+            facts.append(
+                ArtifactFacts(
+                    ref=ds.id,
+                    labels=Labels.from_dict(ds.labels),
+                    kind=ArtifactKind.of(ds.kind),
+                    member=member_id,
+                )
+            )
+    return facts
+
+
+def where_may_run(
+    session: Session,
+    member_id: str,
+    model: str,
+    input_ids: Sequence[str],
+    pools: Sequence[Pool] | None = None,
+) -> dict[str, Decision]:
+    all_pools = pool_facts(session.exec(select(Pool)).all())
+    chosen = pool_facts(pools) if pools is not None else all_pools
+    facts = input_facts(session, member_id, model, input_ids, all_pools)
+    return engine().allowed_pools(facts, chosen)
+
+
+def denial_details(decisions: dict[str, Decision]) -> dict[str, Any]:
+    return {
+        "pools": {name: d.to_dict() for name, d in sorted(decisions.items())},
+        "policy_set_hash": engine().policy_set_hash,
+    }
+
+
+def effective_output_labels(
+    session: Session, member_id: str, model: str, input_ids: Sequence[str]
+) -> Labels:
+    """The label of what a job writes: computed from all its inputs, the model included."""
+    pools = pool_facts(session.exec(select(Pool)).all())
+    return effective_label(
+        f.labels for f in input_facts(session, member_id, model, input_ids, pools)
+    )
+
+
+def allowed_pools_by_job(session: Session, jobs: Sequence[Any]) -> dict[str, set[str]]:
+    """For the engine's input: the pools each job's data and model may enter, right now.
+
+    Evaluated every cycle (decisions are cached by facts, so unchanged labels cost a lookup),
+    which is what makes a relabelled input take effect on queued jobs at once.
+    """
+    pools = pool_facts(session.exec(select(Pool)).all())
+    facts = {j.id: input_facts(session, j.member_id, j.model, j.inputs, pools) for j in jobs}
+    decided = engine().allowed_pools_for_jobs(facts, pools)
+    return {job: {p for p, d in per_pool.items() if d.allowed} for job, per_pool in decided.items()}
+
+
+def placement(session: Session, job: Any, pool_name: str) -> Decision:
+    """May this job (its current inputs' labels) run on ``pool_name``?"""
+    pools = pool_facts(session.exec(select(Pool)).all())
+    target = [p for p in pools if p.name == pool_name]
+    facts = input_facts(session, job.member_id, job.model, job.inputs, pools)
+    if not target:
+        return Decision(allowed=False, policy_ids=(), reasons=(f"unknown pool {pool_name}",))
+    return engine().placement(facts, target[0])
