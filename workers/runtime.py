@@ -78,14 +78,16 @@ def init_distributed(on_gpu: bool) -> tuple[int, int]:
     """Join (or create, for a single process) the default process group; (rank, world)."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    # DeepSpeed always wants a process group, even for one process.
+    # DeepSpeed always wants a process group, even for one process, and reads these.
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
+    if dist.is_initialized():  # an earlier job in this process created it
+        rank, world = dist.get_rank(), dist.get_world_size()
+        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        return rank, world
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
     backend = "nccl" if on_gpu else "gloo"
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
@@ -110,12 +112,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Variables init_distributed fills in for a single-process job.
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def run_job(
     spec: JobSpec,
     should_stop: Callable[[], bool] | None = None,
     reporter: Reporter | None = None,
 ) -> JobResult:
     """Run ``spec`` on this process's rank and return its outcome (never raises)."""
+    saved = {key: os.environ.get(key) for key in DIST_ENV}
+    try:
+        return _run(spec, should_stop, reporter)
+    except Exception as exc:  # setup failed before the job could report anything
+        log.exception("job %s could not start", spec.job_id)
+        return JobResult("failed", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        # A job run inside a long-lived process (a supervisor, tests) must not leak its
+        # rendezvous address into the processes that one starts later.
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(
+    spec: JobSpec, should_stop: Callable[[], bool] | None, reporter: Reporter | None
+) -> JobResult:
     from workers.engines import prepare_deepspeed_environment
 
     prepare_deepspeed_environment()
@@ -125,9 +150,9 @@ def run_job(
     events = JobEvents(spec.job_id, reporter)
     notice = PreemptionNotice(spec.preemption_flag, should_stop)
     ctx = JobContext(spec, rank, world, device, dtype, events, notice)
-    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
-    events.emit("status", status="running", kind=spec.kind, world_size=world, rank=rank)
     try:
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        events.emit("status", status="running", kind=spec.kind, world_size=world, rank=rank)
         result = _dispatch(ctx)
     except Exception as exc:  # a job failure is reported, never a crashed supervisor
         log.exception("job %s failed", spec.job_id)

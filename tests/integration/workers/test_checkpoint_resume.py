@@ -76,10 +76,9 @@ def test_sigterm_to_the_entry_point_checkpoints_and_exits_3(make_spec, corpus, t
     spec = make_spec("finetune", corpus, engine="torch", steps=100_000, log_every=1)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec.to_dict()))
-    # A fresh single-rank job: drop the process-group variables this test process set.
-    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env["HF_HUB_OFFLINE"] = "1"
+    # In-process jobs above must not have leaked their rendezvous variables.
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "workers.run", "--spec", str(spec_file)],
         env=env,
