@@ -142,3 +142,36 @@ def job_events(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
         ["at", "type", "from_status", "to_status", "attempt", "actor", "message"],
         title=f"events of {job_id}",
     )
+
+
+def where(
+    model: Annotated[str, typer.Option(help="base model, model dataset or artifact id")],
+    input_: Annotated[
+        list[str] | None, typer.Option("--input", help="dataset (repeatable)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Where may a job with this model and these inputs run, and why (a dry run)."""
+    out = call(
+        lambda c: c.request(
+            "POST", "/v1/policies/where", json={"model": model, "inputs": input_ or []}
+        )
+    )
+    if as_json:
+        emit(out, True)
+        return
+    rows = [
+        {
+            "pool": name,
+            "allowed": d["allowed"],
+            "rules": ", ".join(d["policy_ids"]),
+            "why": "; ".join(d["reasons"]),
+        }
+        for name, d in out["pools"].items()
+    ]
+    emit({"items": rows}, False, ["pool", "allowed", "rules", "why"], title="where may it run")
+    labels = out["output_labels"]
+    console.print(
+        f"its outputs would be labelled: regions {', '.join(labels['allowed_regions'])}"
+        f"; {labels['classification']}; personal info: {labels['personal_info']}"
+    )

@@ -11,7 +11,7 @@ import typer
 
 from controlplane.cli.admin import admin_app, datasets_app
 from controlplane.cli.audit import audit_app
-from controlplane.cli.jobs import jobs_app, submit
+from controlplane.cli.jobs import jobs_app, submit, where
 from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
 from controlplane.cli.simulate import simulate
@@ -28,6 +28,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(audit_app, name="audit")
 app.command()(submit)
+app.command()(where)
 app.command()(plan)
 app.command()(simulate)
 
