@@ -85,7 +85,7 @@ class CycleState:
             self.config.fair_share_half_life,
             use_history=self.config.policy == "nuri",
         )
-        self._running_jobs = snapshot.running
+        self.running_jobs = snapshot.running
         self._running: dict[str, list[RunningRecord]] | None = None
         used: dict[tuple[str, str], int] = {}
         for job in snapshot.running:
@@ -132,7 +132,7 @@ class CycleState:
         positions = {name: index.position for name, index in self.index.items()}
         now = self.now
         # Input order does not matter: every later use sorts or breaks ties on ids.
-        for job in self._running_jobs:
+        for job in self.running_jobs:
             position = positions.get(job.pool)
             if position is None:
                 continue

@@ -101,7 +101,7 @@ class _Cycle:
         self.preempted: list[Preempt] = []
         self.reserved: list[Reservation] = []
         self.waiting: list[PendingRecord] = []
-        self._failed_preemptions: set[tuple[str, str, int, Shape, bool]] = set()
+        self._failed_preemptions: dict[tuple[str, str, int, bool, int], int] = {}
         # Smallest request the quota tree refused per (member, pool): availability only
         # shrinks during a cycle, so anything as large is refused too.
         self._quota_refused: dict[tuple[str, str], int] = {}
@@ -391,15 +391,19 @@ class _Cycle:
         reservation = state.reservations.get(pool)
         if reservation is not None and (reservation.guaranteed or not in_nominal):
             return False  # the reserved head is ahead of this job; only a reclaim outranks it
-        memo = (pool, job.member, head.priority, shape, head.preemptible)
-        if memo in self._failed_preemptions:
+        # A victim search that failed for a size fails for every larger one of the same kind:
+        # the candidates are the same or fewer, and the job needs more.
+        spread = 0 if shape.nodes == 1 else 1 + shape.same_domain  # 1 node, nodes, 1 domain
+        memo = (pool, job.member, head.priority, head.preemptible, spread)
+        size = shape.gpus if shape.nodes == 1 else shape.nodes
+        if size >= self._failed_preemptions.get(memo, 1 << 30):
             return False
         if state.preemption_attempts >= state.config.max_preemption_attempts:
             return False
         state.preemption_attempts += 1
         plan = plan_preemption(state, job, pool, shape, head.priority, head.preemptible)
         if plan is None:
-            self._failed_preemptions.add(memo)
+            self._failed_preemptions[memo] = min(size, self._failed_preemptions.get(memo, size))
             return False
         now, grace = state.now, state.config.grace_period
         deadline = now + grace

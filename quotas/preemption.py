@@ -83,11 +83,24 @@ def victim_floor(state: CycleState, pool: str) -> VictimFloor:
     """Bounds computed once per pool and cycle (claims only shrink the set: conservative)."""
     found = state.victim_floors.get(pool)
     if found is None:
-        victims = eligible_victims(state, pool)
-        found = state.victim_floors[pool] = VictimFloor(
-            any(r.job.preempting_until is not None for r in victims),
-            min((r.priority for r in victims), default=1 << 62),
-        )
+        # Straight from the snapshot rows: cheaper than building the records it guards.
+        cfg, now = state.config, state.now
+        rank = {c.name: (c.value, c.preemptible) for c in state.classes.values()}
+        leaving, lowest = False, 1 << 62
+        for job in state.running_jobs:
+            if job.pool != pool:
+                continue
+            value, preemptible = rank.get(job.priority_class, (0, True))
+            if job.preempting_until is not None:
+                leaving = True
+            elif (
+                not preemptible
+                or job.times_preempted >= cfg.max_preemptions
+                or now - job.started_at < cfg.min_runtime
+            ):
+                continue
+            lowest = min(lowest, value)
+        found = state.victim_floors[pool] = VictimFloor(leaving, lowest)
     return found
 
 
