@@ -75,3 +75,50 @@ def test_pending_jobs_explain_themselves_and_cancel_frees_the_gpus(env: Env) -> 
     assert rec.ended_at is not None
     assert abs((rec.ended_at - rec.started_at).total_seconds() * 24 - rec.gpu_seconds) < 1e-6
     assert rec.ended_at.isoformat() == cancelled["finished_at"].replace("Z", "+00:00")
+
+
+def test_success_registers_an_artifact_and_a_relabel_stops_a_running_job(env: Env) -> None:
+    root = bearer(ADMIN_TOKEN)
+    ds = ok(
+        env.client.post(
+            "/v1/datasets",
+            headers=bearer(env.alpha),
+            json={
+                "name": "seoul-logs",
+                "uri": "s3://alpha/logs",
+                "labels": {"jurisdiction": "KR", "allowed_regions": ["kr-seoul"]},
+            },
+        ),
+        201,
+    )
+    quick = env.submit(env.alpha, gpus=8, name="quick", inputs=[ds["id"]])
+    env.until_status(quick["id"], "SUCCEEDED")
+    arts = ok(env.client.get("/v1/artifacts", headers=bearer(env.alpha)))["items"]
+    art = next(a for a in arts if a["job_id"] == quick["id"])
+    assert art["kind"] == "model" and art["sha256"] and len(art["sha256"]) == 64
+    assert art["labels"]["allowed_regions"] == ["kr-seoul"]
+    assert {i["id"] for i in art["provenance"]["inputs"]} == {"axk1-tiny", ds["id"]}
+
+    long = env.submit(
+        env.alpha,
+        gpus=8,
+        name="long",
+        inputs=[ds["id"]],
+        config={"payload": "synthetic", "steps": 300, "step_seconds": 0.1},
+    )
+    env.until_status(long["id"], "RUNNING")
+    # The data owner narrows the dataset to Daejeon: the job's pool (Seoul) is now forbidden.
+    ok(
+        env.client.patch(
+            f"/v1/datasets/{ds['id']}",
+            headers=bearer(env.alpha),
+            json={"labels": {"jurisdiction": "KR", "allowed_regions": ["kr-daejeon"]}},
+        )
+    )
+    stopped = env.until_status(long["id"], "FAILED")
+    assert stopped["reasons"][0]["code"] == "residency_violation"
+    assert "kr-ray-h200" in stopped["reasons"][0]["message"]
+    assert stopped["assignment"] == []
+    events = ok(env.client.get("/v1/audit/events", headers=root, params={"limit": 1000}))["items"]
+    failed = [e for e in events if e["action"] == "job.failed" and e["resource_id"] == long["id"]]
+    assert failed and "residency.schedule.region" in failed[0]["details"]["policy_ids"]
