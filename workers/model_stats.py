@@ -81,6 +81,11 @@ class ModelStats:
         attention = 6.0 * self.num_layers * seq_len * self.attention_flops_dim
         return 6.0 * self.active_params + attention
 
+    def frozen_training_flops_per_token(self, seq_len: int) -> float:
+        """FLOPs per token when base weights are frozen (LoRA): no weight gradients, so
+        4 x active params instead of 6 (adapter FLOPs are negligible)."""
+        return self.training_flops_per_token(seq_len) - 2.0 * self.active_params
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form with the derived ``active_params``."""
         out = dict(self.__dict__)

@@ -321,7 +321,11 @@ def run_training(ctx: JobContext) -> JobResult:
         model = apply_lora(model, spec.lora.rank, spec.lora.alpha, spec.lora.dropout)
     stream = load_stream(ctx, tokenizer)
     engine = make_engine(ctx, model, config)
-    flops = model_stats(source.config).training_flops_per_token(spec.seq_len)
+    stats = model_stats(source.config)
+    if spec.kind == "lora":
+        flops = stats.frozen_training_flops_per_token(spec.seq_len)
+    else:
+        flops = stats.training_flops_per_token(spec.seq_len)
     outcome = train_loop(ctx, engine, stream, lm_loss, flops)
     artifact = None
     if outcome.status == "succeeded":
