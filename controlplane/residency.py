@@ -13,13 +13,16 @@ and may run anywhere. A model derived from A.X K1 inherits that through its effe
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from controlplane.db.models import Artifact, Dataset, Pool
+from controlplane.db.models import Artifact, Dataset, PolicyVersion, Pool
 from controlplane.errors import NuriError
 from policies import (
     ArtifactFacts,
@@ -53,9 +56,50 @@ class ExportDenied(NuriError):
 
 
 @lru_cache(maxsize=1)
-def engine() -> PolicyEngine:
-    """The active policy set (the shipped one; one engine per process shares its cache)."""
+def shipped_engine() -> PolicyEngine:
     return PolicyEngine.shipped()
+
+
+# The active policy set, per database: refreshed from it at most every SYNC_INTERVAL_S (and
+# at once after an admin change in this process). Compiled engines are kept by hash, so
+# switching back and forth costs nothing and each keeps its decision cache.
+SYNC_INTERVAL_S = 2.0
+_lock = threading.Lock()
+_engines: dict[str, PolicyEngine] = {}
+_active: weakref.WeakKeyDictionary[Any, tuple[float, PolicyEngine | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compile_version(row: PolicyVersion) -> PolicyEngine:
+    with _lock:
+        found = _engines.get(row.policy_set_hash)
+    if found is None:
+        found = PolicyEngine.from_text(row.policy_text, row.schema_text, f"v{row.id}")
+        with _lock:
+            _engines[row.policy_set_hash] = found
+    return found
+
+
+def sync(session: Session, force: bool = False) -> PolicyEngine:
+    """The active policy set of the session's database (shipped until an admin activates a
+    stored version), re-read when older than SYNC_INTERVAL_S."""
+    bind = session.get_bind()
+    now = time.monotonic()
+    with _lock:
+        hit = _active.get(bind)
+    if hit is not None and not force and now - hit[0] < SYNC_INTERVAL_S:
+        return hit[1] or shipped_engine()
+    row = session.exec(select(PolicyVersion).where(col(PolicyVersion.active).is_(True))).first()
+    found = compile_version(row) if row is not None else None
+    with _lock:
+        _active[bind] = (now, found)
+    return found or shipped_engine()
+
+
+def engine(session: Session) -> PolicyEngine:
+    """The policy set that decides for this session's database right now."""
+    return sync(session)
 
 
 def pool_facts(pools: Iterable[Pool]) -> list[PoolFacts]:
@@ -167,13 +211,14 @@ def where_may_run(
     all_pools = pool_facts(session.exec(select(Pool)).all())
     chosen = pool_facts(pools) if pools is not None else all_pools
     facts = input_facts(session, member_id, model, input_ids, all_pools)
-    return engine().allowed_pools(facts, chosen)
+    return engine(session).allowed_pools(facts, chosen)
 
 
 def denial_details(decisions: dict[str, Decision]) -> dict[str, Any]:
+    hashes = sorted({d.policy_set_hash for d in decisions.values()})
     return {
         "pools": {name: d.to_dict() for name, d in sorted(decisions.items())},
-        "policy_set_hash": engine().policy_set_hash,
+        "policy_set_hash": hashes[0] if len(hashes) == 1 else hashes,
     }
 
 
@@ -195,7 +240,7 @@ def allowed_pools_by_job(session: Session, jobs: Sequence[Any]) -> dict[str, set
     """
     pools = pool_facts(session.exec(select(Pool)).all())
     facts = {j.id: input_facts(session, j.member_id, j.model, j.inputs, pools) for j in jobs}
-    decided = engine().allowed_pools_for_jobs(facts, pools)
+    decided = engine(session).allowed_pools_for_jobs(facts, pools)
     return {job: {p for p, d in per_pool.items() if d.allowed} for job, per_pool in decided.items()}
 
 
@@ -206,4 +251,4 @@ def placement(session: Session, job: Any, pool_name: str) -> Decision:
     facts = input_facts(session, job.member_id, job.model, job.inputs, pools)
     if not target:
         return Decision(allowed=False, policy_ids=(), reasons=(f"unknown pool {pool_name}",))
-    return engine().placement(facts, target[0])
+    return engine(session).placement(facts, target[0])

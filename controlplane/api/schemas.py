@@ -416,3 +416,21 @@ class WhereRequest(Input):
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     inputs: list[str] = Field(default_factory=list, max_length=100)
     pools: list[str] | None = None
+
+
+class PolicyVersionCreate(Input):
+    policies: Annotated[str, StringConstraints(min_length=1, max_length=500_000)]
+    # Omitted: the shipped schema (policies must still validate against it).
+    cedar_schema: Annotated[str, StringConstraints(min_length=2, max_length=500_000)] | None = None
+    note: str = Field(default="", max_length=500)
+    activate: bool = False
+
+
+class PolicyVersionPublic(Output):
+    id: int
+    version: str
+    policy_set_hash: str
+    note: str
+    active: bool
+    created_by: str
+    created_at: datetime

@@ -378,3 +378,20 @@ class JobLog(SQLModel, table=True):
     attempt: int
     at: datetime = Field(sa_type=UTCDateTime)
     line: str = Field(max_length=4000)
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+class PolicyVersion(SQLModel, table=True):
+    """A stored Cedar policy set. Exactly one is active; none means the shipped set."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    policy_text: str
+    schema_text: str
+    policy_set_hash: str = Field(index=True, max_length=64)
+    version: str = Field(max_length=40)
+    note: str = Field(default="", max_length=500)
+    active: bool = False
+    created_by: str = Field(max_length=40)
+    created_at: datetime = Field(sa_type=UTCDateTime)

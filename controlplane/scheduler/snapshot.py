@@ -41,6 +41,7 @@ def held_assignments(session: Session) -> list[Job]:
 def build(
     session: Session, alive_nodes: set[str], now: datetime, config: quotas.EngineConfig
 ) -> quotas.Snapshot:
+    residency.sync(session)
     pools = {p.id: p for p in session.exec(select(Pool)).all()}
     pool_by_name = {p.name: p for p in pools.values()}
     nodes = session.exec(select(Node)).all()

@@ -73,7 +73,7 @@ def register_output(
             "kind": job.kind,
             "model": job.model,
             "inputs": _input_refs(session, job),
-            "policy_set_hash": residency.engine().policy_set_hash,
+            "policy_set_hash": residency.engine(session).policy_set_hash,
         },
     )
     session.add(art)
@@ -132,7 +132,7 @@ def export(
     art = visible(session, caller, art_id)
     caller.require_write()
     facts = _facts(session, art)
-    decision: Decision = residency.engine().export(
+    decision: Decision = residency.engine(session).export(
         facts,
         region,
         jurisdiction,
@@ -174,7 +174,9 @@ def download(session: Session, caller: Principal, art_id: str, now: datetime) ->
     from policies import Action
 
     art = visible(session, caller, art_id)
-    decision = residency.engine().authorize(_caller(caller), Action.READ, _facts(session, art))
+    decision = residency.engine(session).authorize(
+        _caller(caller), Action.READ, _facts(session, art)
+    )
     audit_log.record(
         session,
         caller,

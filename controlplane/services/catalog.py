@@ -49,7 +49,8 @@ _cache: weakref.WeakKeyDictionary[Engine, tuple[float, Catalog]] = weakref.WeakK
 
 
 def load(session: Session) -> Catalog:
-    """Read the catalog from the database (uncached)."""
+    """Read the catalog from the database (uncached); also refreshes the active policy set."""
+    residency.sync(session)
     pools = {p.id: p for p in session.exec(select(Pool)).all()}
     counts = session.exec(
         select(Node.pool_id, Node.domain, func.count(col(Node.id)))

@@ -141,7 +141,7 @@ def _validate(
     facts = residency.input_facts(
         session, member_id, body.model, input_ids, list(cat.pool_facts.values())
     )
-    decisions = residency.engine().allowed_pools(
+    decisions = residency.engine(session).allowed_pools(
         facts, [cat.pool_facts[c.name] for c in candidates]
     )
     permitted = [c for c in candidates if decisions[c.name].allowed]

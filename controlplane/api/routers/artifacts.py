@@ -13,7 +13,7 @@ from controlplane.api.deps import CallerDep, PageDep, SessionDep
 from controlplane.db.models import JobKind, Pool
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidRequest
-from controlplane.services import artifacts, jobs
+from controlplane.services import artifacts, jobs, policies
 
 router = APIRouter(prefix="/v1")
 
@@ -54,9 +54,54 @@ def download_artifact(art_id: str, session: SessionDep, caller: CallerDep) -> di
 
 
 @router.get("/policies", operation_id="getPolicies", tags=["policies"])
-def get_policies(_caller: CallerDep) -> dict[str, Any]:
-    engine = residency.engine()
-    return {"version": engine.version, "policy_set_hash": engine.policy_set_hash}
+def get_policies(session: SessionDep, _caller: CallerDep) -> dict[str, Any]:
+    """The active policy set: its version, hash and rule ids."""
+    return policies.describe(session)
+
+
+@router.get("/policies/versions", operation_id="listPolicyVersions", tags=["policies"])
+def list_policy_versions(
+    session: SessionDep, caller: CallerDep
+) -> schemas.Page[schemas.PolicyVersionPublic]:
+    return schemas.Page(
+        items=[
+            schemas.PolicyVersionPublic.model_validate(r)
+            for r in policies.list_versions(session, caller)
+        ]
+    )
+
+
+@router.post(
+    "/policies/versions", status_code=201, operation_id="createPolicyVersion", tags=["policies"]
+)
+def create_policy_version(
+    body: schemas.PolicyVersionCreate, session: SessionDep, caller: CallerDep
+) -> schemas.PolicyVersionPublic:
+    """Store a new Cedar policy set (validated against the schema), optionally activating it."""
+    row = policies.create_version(
+        session, caller, body.policies, body.cedar_schema, body.note, body.activate, utcnow()
+    )
+    return schemas.PolicyVersionPublic.model_validate(row)
+
+
+@router.post(
+    "/policies/versions/{version_id}/activate",
+    operation_id="activatePolicyVersion",
+    tags=["policies"],
+)
+def activate_policy_version(
+    version_id: int, session: SessionDep, caller: CallerDep
+) -> schemas.PolicyVersionPublic:
+    return schemas.PolicyVersionPublic.model_validate(
+        policies.activate(session, caller, version_id, utcnow())
+    )
+
+
+@router.post("/policies/revert", operation_id="revertPolicies", tags=["policies"])
+def revert_policies(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    """Go back to the policy set shipped with this release."""
+    policies.revert_to_shipped(session, caller, utcnow())
+    return policies.describe(session)
 
 
 @router.post("/policies/where", operation_id="whereMayJobRun", tags=["policies"])
@@ -80,5 +125,5 @@ def where(body: schemas.WhereRequest, session: SessionDep, caller: CallerDep) ->
         "allowed_pools": sorted(n for n, d in decisions.items() if d.allowed),
         "pools": {n: d.to_dict() for n, d in sorted(decisions.items())},
         "output_labels": label.to_dict(),
-        "policy_set_hash": residency.engine().policy_set_hash,
+        "policy_set_hash": residency.engine(session).policy_set_hash,
     }

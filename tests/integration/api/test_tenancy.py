@@ -56,6 +56,10 @@ COVERED = {
     ("GET", "/v1/artifacts/{art_id}/download"),
     ("GET", "/v1/policies"),
     ("POST", "/v1/policies/where"),
+    ("GET", "/v1/policies/versions"),
+    ("POST", "/v1/policies/versions"),
+    ("POST", "/v1/policies/versions/{version_id}/activate"),
+    ("POST", "/v1/policies/revert"),
     ("GET", "/v1/audit/events"),
     ("GET", "/v1/audit/verify"),
     ("GET", "/v1/audit/export"),
@@ -229,6 +233,9 @@ def admin_only_requests(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("PATCH", f"/v1/quotas/{a.quota['id']}", {"nominal_gpus": 32}),
         ("POST", "/v1/budgets", {"member": a.member["name"], "period": "2027-Q1", "gpu_hours": 1}),
         ("PATCH", f"/v1/budgets/{a.budget['id']}", {"gpu_hours": 1e6}),
+        ("POST", "/v1/policies/versions", {"policies": "permit(principal, action, resource);"}),
+        ("POST", "/v1/policies/versions/1/activate", None),
+        ("POST", "/v1/policies/revert", None),
     ]
 
 

@@ -40,7 +40,7 @@ def test_upgrade_head_matches_the_models(engine: Engine) -> None:
     assert _diff(engine) == []
     with engine.connect() as conn:
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert head == "0003"
+    assert head == "0004"
 
 
 def test_migrate_is_idempotent_and_reversible(engine: Engine) -> None:
