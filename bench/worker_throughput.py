@@ -38,7 +38,10 @@ def _corpus(path: Path) -> None:
     path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
 
 
-def _measure(engine: str, preset: str, steps: int, warmup: int, work: Path, round_: int) -> float:
+def _measure(
+    engine: str, preset: str, steps: int, warmup: int, work: Path, round_: int
+) -> tuple[float, float]:
+    """Median (tokens per wall second, tokens per CPU second) after warm-up."""
     out = work / f"{engine}-{round_}"
     spec = JobSpec.from_dict(
         {
@@ -59,8 +62,10 @@ def _measure(engine: str, preset: str, steps: int, warmup: int, work: Path, roun
     if result.status != "succeeded":
         raise SystemExit(f"{engine} run failed: {result.error}")
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
-    rates = [e["tokens_per_s"] for e in events if e["type"] == "metrics" and e["step"] > warmup]
-    return statistics.median(rates)
+    steps_ = [e for e in events if e["type"] == "metrics" and e["step"] > warmup]
+    wall = statistics.median(e["tokens_per_s"] for e in steps_)
+    cpu = statistics.median(e["tokens_per_s"] * e["step_time_s"] / e["cpu_time_s"] for e in steps_)
+    return wall, cpu
 
 
 def main() -> None:
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"torch": [], "deepspeed": []}
+    cpu_rates: dict[str, list[float]] = {"torch": [], "deepspeed": []}
     started = time.time()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,11 +85,13 @@ def main() -> None:
         _corpus(work / "corpus.jsonl")
         for round_ in range(args.rounds):
             for engine in ("torch", "deepspeed"):
-                rates[engine].append(
-                    _measure(engine, args.preset, args.steps, args.warmup, work, round_)
-                )
+                wall, cpu = _measure(engine, args.preset, args.steps, args.warmup, work, round_)
+                rates[engine].append(wall)
+                cpu_rates[engine].append(cpu)
     torch_rate = statistics.median(rates["torch"])
     ds_rate = statistics.median(rates["deepspeed"])
+    torch_cpu = statistics.median(cpu_rates["torch"])
+    ds_cpu = statistics.median(cpu_rates["deepspeed"])
     result = {
         "preset": args.preset,
         "steps": args.steps,
@@ -91,6 +99,10 @@ def main() -> None:
         "tokens_per_s": {"torch": torch_rate, "deepspeed": ds_rate},
         "per_round": rates,
         "deepspeed_over_torch": ds_rate / torch_rate,
+        # Tokens per CPU-second of the training process: hardly moved by other processes.
+        "tokens_per_cpu_s": {"torch": torch_cpu, "deepspeed": ds_cpu},
+        "per_round_cpu": cpu_rates,
+        "deepspeed_over_torch_cpu": ds_cpu / torch_cpu,
         "seconds": round(time.time() - started, 1),
         # Wall-clock rates on a shared machine: record how busy it was.
         "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
@@ -100,6 +112,10 @@ def main() -> None:
     print(f"plain torch loop : {torch_rate:10.0f} tokens/s")
     print(f"DeepSpeed ZeRO-2 : {ds_rate:10.0f} tokens/s")
     print(f"DeepSpeed / torch: {ds_rate / torch_rate:10.3f}")
+    print(
+        f"per CPU-second   : torch {torch_cpu:.0f}, DeepSpeed {ds_cpu:.0f} tokens, "
+        f"ratio {ds_cpu / torch_cpu:.3f}"
+    )
     print(f"per round: {rates}; load average {load_start:.1f} -> {os.getloadavg()[0]:.1f}")
     results_dir = Path(__file__).resolve().parent / "results"
     results_dir.mkdir(exist_ok=True)

@@ -204,7 +204,7 @@ def train_loop(
     metrics: dict[str, Any] = {}
     engine.module.train()
     for step in range(start + 1, spec.steps + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         step_loss, tokens = 0.0, 0
         extras: dict[str, float] = {}
         for _ in range(spec.grad_accum):
@@ -217,6 +217,7 @@ def train_loop(
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0  # all threads of this rank; robust to other load
         keys = sorted(extras)
         reduced = _reduce_mean([step_loss, *[extras[k] for k in keys]], ctx.device)
         step_loss = reduced[0]
@@ -228,6 +229,7 @@ def train_loop(
             "lr": engine.lr(),
             "tokens_per_s": tokens_per_s,
             "step_time_s": dt,
+            "cpu_time_s": cpu,
             **dict(zip(keys, reduced[1:], strict=True)),
         }
         if peak:

@@ -35,6 +35,7 @@ def test_finetune_with_deepspeed_lowers_loss_and_writes_a_model(
     metrics = [e for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == list(range(1, spec.steps + 1))
     assert all(m["tokens_per_s"] > 0 and m["step_time_s"] > 0 for m in metrics)
+    assert all(m["cpu_time_s"] > 0 for m in metrics)
     assert "mfu" not in metrics[0]  # CPU: no peak FLOP/s to relate to
     assert events[-1]["type"] == "status" and events[-1]["status"] == "succeeded"
 
