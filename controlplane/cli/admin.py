@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -341,3 +342,57 @@ def datasets_create(
 @datasets_app.command("get")
 def datasets_get(ref: str, as_json: JsonOpt = False) -> None:
     _show(call(lambda c: c.get("datasets", ref)), as_json)
+
+
+# --- policies ------------------------------------------------------------------------------
+
+policies_app = typer.Typer(help="Versioned Cedar policy sets.", no_args_is_help=True)
+admin_app.add_typer(policies_app, name="policies")
+
+
+@policies_app.command("show")
+def policies_show(as_json: JsonOpt = False) -> None:
+    """The active policy set: version, hash and rule ids."""
+    _show(call(lambda c: c.request("GET", "/v1/policies")), as_json)
+
+
+@policies_app.command("list")
+def policies_list(as_json: JsonOpt = False) -> None:
+    _list(
+        "policies/versions",
+        ["id", "version", "active", "note", "created_by", "created_at"],
+        as_json,
+    )
+
+
+@policies_app.command("upload")
+def policies_upload(
+    file: Annotated[Path, typer.Argument(help="Cedar policies (.cedar)")],
+    note: Annotated[str, typer.Option()] = "",
+    schema: Annotated[
+        Path | None, typer.Option(help="Cedar JSON schema (default: shipped)")
+    ] = None,
+    activate: Annotated[bool, typer.Option(help="make it the active set now")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a new policy set (validated against the schema)."""
+    try:
+        text = file.read_text()
+        schema_text = schema.read_text() if schema else None
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror}", code=2)
+    body = {"policies": text, "cedar_schema": schema_text, "note": note, "activate": activate}
+    _show(call(lambda c: c.create("policies/versions", body)), as_json)
+
+
+@policies_app.command("activate")
+def policies_activate(version_id: int, as_json: JsonOpt = False) -> None:
+    _show(
+        call(lambda c: c.request("POST", f"/v1/policies/versions/{version_id}/activate")), as_json
+    )
+
+
+@policies_app.command("revert")
+def policies_revert(as_json: JsonOpt = False) -> None:
+    """Go back to the policy set shipped with this release."""
+    _show(call(lambda c: c.request("POST", "/v1/policies/revert")), as_json)

@@ -273,3 +273,35 @@ def test_audit_verify_and_export(server: str, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "FAILED" in r.output and "first bad seq" in r.output
     r = nuri(server, None, "audit", "verify", "--offline", str(tmp_path / "nothing"))
     assert r.exit_code == 2 and "not an audit export" in r.output
+
+
+def test_policy_admin_commands(server: str, tmp_path: Path) -> None:
+    r = nuri(server, ADMIN_TOKEN, "admin", "policies", "show", "--json")
+    assert r.exit_code == 0 and '"source": "shipped"' in r.output
+    bad = tmp_path / "bad.cedar"
+    bad.write_text("permit(principal, action, resource")
+    r = nuri(server, ADMIN_TOKEN, "admin", "policies", "upload", str(bad))
+    assert r.exit_code == 1 and "policy_set_invalid" in r.output
+    r = nuri(server, ADMIN_TOKEN, "admin", "policies", "upload", str(tmp_path / "none.cedar"))
+    assert r.exit_code == 2 and "cannot read" in r.output
+    from policies.policy_set import shipped_sources
+
+    good = tmp_path / "good.cedar"
+    good.write_text("\n".join(shipped_sources()[0].values()))
+    r = nuri(
+        server,
+        ADMIN_TOKEN,
+        "admin",
+        "policies",
+        "upload",
+        str(good),
+        "--note",
+        "same",
+        "--activate",
+        "--json",
+    )
+    assert r.exit_code == 0 and '"active": true' in r.output, r.output
+    r = nuri(server, ADMIN_TOKEN, "admin", "policies", "list")
+    assert r.exit_code == 0 and "same" in r.output
+    r = nuri(server, ADMIN_TOKEN, "admin", "policies", "revert", "--json")
+    assert r.exit_code == 0 and '"source": "shipped"' in r.output
