@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from controlplane.api.app import create_app
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import make_engine, migrate
 from controlplane.settings import Settings
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -26,15 +27,49 @@ PG_URL = os.environ.get("NURI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0
 ADMIN_TOKEN = "nuri-test-bootstrap-admin-token-0123456789"
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated to head once per run; each test gets a copy (CREATE ... TEMPLATE),
+    which is much faster than running every migration again."""
     admin_url = make_url(PG_URL)
-    name = f"nuri_t_{uuid.uuid4().hex[:12]}"
+    name = f"nuri_tpl_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # a clear failure, never a silent skip: make test starts PG
+        pytest.fail(f"PostgreSQL at {PG_URL} is not usable ({exc}); run `make postgres`")
+    eng = make_engine(admin_url.set(database=name).render_as_string(hide_password=False))
+    migrate(eng)
+    eng.dispose()  # a template must have no open connections when it is copied
+    try:
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_empty_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (for migration tests)."""
+    yield from _pg_database(None)
+
+
+@pytest.fixture
+def pg_database(pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database at the schema head for one test; dropped afterwards."""
+    yield from _pg_database(pg_template)
+
+
+def _pg_database(template: str | None) -> Iterator[str]:
+    admin_url = make_url(PG_URL)
+    name = f"nuri_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    clause = f' TEMPLATE "{template}"' if template else ""
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
     except Exception as exc:  # a clear failure, never a silent skip: make test starts PG
         pytest.fail(f"PostgreSQL at {PG_URL} is not usable ({exc}); run `make postgres`")
     try:
@@ -45,8 +80,20 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "nuri.db"
+    eng = make_engine(f"sqlite:///{path}")
+    migrate(eng)
+    with eng.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    eng.dispose()
+    return path
+
+
 def _engine_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Engine:
     if backend == "sqlite":
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "nuri.db")
         return make_engine(f"sqlite:///{tmp_path / 'nuri.db'}")
     url = request.getfixturevalue("pg_database")
     return make_engine(url)
@@ -59,8 +106,20 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     eng.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database with no schema at all (for the migration tests)."""
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    else:
+        eng = make_engine(request.getfixturevalue("pg_empty_database"))
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+def sqlite_engine(tmp_path: Path, sqlite_template: Path) -> Iterator[Engine]:
+    shutil.copyfile(sqlite_template, tmp_path / "nuri.db")
     eng = make_engine(f"sqlite:///{tmp_path / 'nuri.db'}")
     yield eng
     eng.dispose()

@@ -19,7 +19,9 @@ def _diff(engine: Engine) -> list[object]:
         return list(compare_metadata(ctx, SQLModel.metadata))
 
 
-def test_upgrade_head_matches_the_models(engine: Engine) -> None:
+def test_upgrade_head_matches_the_models(empty_engine: Engine) -> None:
+    engine = empty_engine
+    assert inspect(engine).get_table_names() == []
     migrate(engine)
     tables = set(inspect(engine).get_table_names())
     assert {
@@ -43,7 +45,8 @@ def test_upgrade_head_matches_the_models(engine: Engine) -> None:
     assert head == "0004"
 
 
-def test_migrate_is_idempotent_and_reversible(engine: Engine) -> None:
+def test_migrate_is_idempotent_and_reversible(empty_engine: Engine) -> None:
+    engine = empty_engine
     migrate(engine)
     migrate(engine)  # a second start changes nothing
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
