@@ -106,3 +106,34 @@ def test_node_lost_mid_run_requeues_and_resumes_elsewhere(
         handles[victim] = cluster.add_node(**node_args(victim))
         cluster.wait_for_nodes()
     assert set(handles) == set(NODES)
+
+
+def test_max_runtime_is_enforced_and_app_failures_are_not_retried(env: Env) -> None:
+    from datetime import timedelta
+
+    from controlplane.db.types import utcnow
+
+    runaway = env.submit(
+        env.alpha,
+        gpus=8,
+        name="runaway",
+        max_runtime_s=60,
+        config={"payload": "synthetic", "steps": 1000, "step_seconds": 0.1},
+    )
+    env.until_status(runaway["id"], "RUNNING")
+    env.service.clock = lambda: utcnow() + timedelta(seconds=90)  # a minute and a half later
+    try:
+        failed = env.until_status(runaway["id"], "FAILED")
+    finally:
+        env.service.clock = utcnow
+    assert failed["reasons"][0]["code"] == "max_runtime_exceeded"
+    assert failed["attempt"] == 1 and failed["assignment"] == []
+    # A payload that fails by itself is FAILED at once: retries are for infrastructure.
+    broken = env.submit(
+        env.alpha,
+        gpus=8,
+        name="broken",
+        config={"payload": "synthetic", "steps": 10, "step_seconds": 0.05, "fail_at_step": 3},
+    )
+    done = env.until_status(broken["id"], "FAILED")
+    assert done["attempt"] == 1 and "rank" in done["reasons"][0]["message"]
