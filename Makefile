@@ -53,7 +53,10 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# wrk (a C load generator) keeps the client's cost off the server's core in api_submit.py;
+# without it that benchmark falls back to an httpx client and says so.
 bench: install postgres
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || echo "wrk unavailable: httpx load instead"
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
