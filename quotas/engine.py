@@ -523,6 +523,7 @@ class _Cycle:
             # the queue reason once per member (the position itself is ``Pending.position``).
             ranked: dict[tuple[int, tuple[Reason | Deferred, ...]], tuple[Reason, ...]] = {}
             queue_reason: dict[str, Reason] = {}
+            by_list: dict[tuple[int, int], tuple[Reason, ...]] = {}
             items = []
             for position, (record, eta) in enumerate(zip(self.waiting, etas, strict=True), 1):
                 member = record.job.member
@@ -532,11 +533,17 @@ class _Cycle:
                     if nuri:
                         text += f"; member {member} fair-share score {fair.score(member):.2f}"
                     where = queue_reason[member] = Reason(codes.QUEUE_POSITION, text)
-                key = (id(where), tuple(record.reasons))
-                reasons = ranked.get(key)
+                # Records that share a reasons list (settled from a memo) hit by identity;
+                # every record is alive here, so ids are not reused.
+                shared = (id(where), id(record.reasons))
+                reasons = by_list.get(shared)
                 if reasons is None:
-                    found = rank(writer.write(r) for r in key[1])
-                    reasons = ranked[key] = (*found, where)
+                    key = (id(where), tuple(record.reasons))
+                    reasons = ranked.get(key)
+                    if reasons is None:
+                        found = rank(writer.write(r) for r in key[1])
+                        reasons = ranked[key] = (*found, where)
+                    by_list[shared] = reasons
                 items.append(Pending(record.job.job_id, reasons, position, eta))
             pending = tuple(items)
         return Decisions(tuple(self.admitted), tuple(self.preempted), pending, tuple(self.reserved))
