@@ -39,18 +39,9 @@ def _actor_class() -> Any:
         def run(
             self, spec_dict: dict[str, Any], rank: int, world: int, master: tuple[str, int]
         ) -> dict[str, Any]:
-            from workers.runtime import run_job
+            from workers.runtime import run_rank
 
-            os.environ.update(
-                {
-                    "RANK": str(rank),
-                    "WORLD_SIZE": str(world),
-                    "LOCAL_RANK": "0",
-                    "MASTER_ADDR": master[0],
-                    "MASTER_PORT": str(master[1]),
-                }
-            )
-            return run_job(JobSpec.from_dict(spec_dict)).to_dict()
+            return run_rank(JobSpec.from_dict(spec_dict), rank, world, master).to_dict()
 
     return RankActor
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,6 +99,22 @@ class HttpReporter:
 
     def close(self) -> None:
         self._client.close()
+
+
+class CallbackReporter:
+    """Hands each event to a callable (e.g. a Ray supervisor's in-memory event buffer)."""
+
+    def __init__(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self.callback = callback
+
+    def report(self, event: dict[str, Any]) -> None:
+        try:
+            self.callback(event)
+        except Exception:  # the report channel must never take the job down
+            log.exception("report callback failed")
+
+    def close(self) -> None:
+        return None
 
 
 class FanoutReporter:

@@ -112,6 +112,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_rank(
+    spec: JobSpec,
+    rank: int,
+    world_size: int,
+    master: tuple[str, int],
+    should_stop: Callable[[], bool] | None = None,
+    reporter: Reporter | None = None,
+) -> JobResult:
+    """Run rank ``rank`` of ``world_size`` with rank 0's ``(address, port)`` as rendezvous.
+
+    For a launcher that owns one process per rank (a Ray actor pinned to a placement-group
+    bundle): every rank calls this with the same ``master``. Must not run in a process that
+    already joined another job's process group.
+    """
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": os.environ.get("LOCAL_RANK", "0"),
+            "MASTER_ADDR": master[0],
+            "MASTER_PORT": str(master[1]),
+        }
+    )
+    return run_job(spec, should_stop=should_stop, reporter=reporter)
+
+
 # Variables init_distributed fills in for a single-process job.
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -95,3 +95,16 @@ def test_http_reporter_never_raises_into_the_job() -> None:
     rejected = _http(lambda request: httpx.Response(409, json={"code": "invalid_transition"}))
     rejected.report({"type": "status"})
     assert rejected.dropped == 1
+
+
+def test_callback_reporter_swallows_callback_errors() -> None:
+    from workers.reporting import CallbackReporter
+
+    seen: list[dict] = []
+    CallbackReporter(seen.append).report({"type": "metrics"})
+    assert seen == [{"type": "metrics"}]
+
+    def broken(event: dict) -> None:
+        raise RuntimeError("buffer full")
+
+    CallbackReporter(broken).report({"type": "metrics"})  # does not raise
