@@ -12,8 +12,7 @@ from controlplane import residency
 from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
 from controlplane.db.models import Artifact, Dataset, Job, JobKind
-from controlplane.errors import NotFound
-from controlplane.services import paging
+from controlplane.services import lookup, paging
 from policies import ArtifactFacts, ArtifactKind, Caller, Classification, Decision, Role
 
 OUTPUT_KIND = {
@@ -91,18 +90,13 @@ def register_output(
 
 
 def visible(session: Session, caller: Principal, art_id: str) -> Artifact:
-    art = session.get(Artifact, art_id)
-    if art is None or not caller.can_see_member(art.member_id):
-        raise NotFound("artifact", art_id)
-    return art
+    return lookup.owned(session, caller, Artifact, art_id, "artifact")
 
 
 def list_artifacts(
     session: Session, caller: Principal, limit: int, cursor: str | None
 ) -> tuple[Sequence[Artifact], str | None]:
-    stmt = select(Artifact)
-    if not caller.reads_all_members:
-        stmt = stmt.where(Artifact.member_id == (caller.member_id or ""))
+    stmt = lookup.scoped(select(Artifact), Artifact.member_id, caller)
     return paging.page(session, stmt, Artifact.id, limit, cursor)
 
 

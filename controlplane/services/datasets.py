@@ -64,9 +64,7 @@ def visible(session: Session, caller: Principal, ref: str) -> Dataset:
 def list_datasets(
     session: Session, caller: Principal, limit: int, cursor: str | None, member: str | None
 ) -> tuple[Sequence[Dataset], str | None]:
-    stmt = select(Dataset)
-    if not caller.reads_all_members:
-        stmt = stmt.where(Dataset.member_id == (caller.member_id or ""))
+    stmt = lookup.scoped(select(Dataset), Dataset.member_id, caller)
     if member:
         stmt = stmt.where(Dataset.member_id == lookup.member(session, member, caller).id)
     return paging.page(session, stmt, Dataset.id, limit, cursor)

@@ -290,9 +290,7 @@ def list_quotas(
     member: str | None,
     pool: str | None,
 ) -> tuple[Sequence[Quota], str | None]:
-    stmt = select(Quota)
-    if not caller.reads_all_members:
-        stmt = stmt.where(Quota.member_id == (caller.member_id or ""))
+    stmt = lookup.scoped(select(Quota), Quota.member_id, caller)
     if member:
         stmt = stmt.where(Quota.member_id == lookup.member(session, member, caller).id)
     if pool:
@@ -301,10 +299,7 @@ def list_quotas(
 
 
 def get_quota(session: Session, caller: Principal, quota_id: str) -> Quota:
-    row = session.get(Quota, quota_id)
-    if row is None or not caller.can_see_member(row.member_id):
-        raise NotFound("quota", quota_id)
-    return row
+    return lookup.owned(session, caller, Quota, quota_id, "quota")
 
 
 def update_quota(
@@ -419,19 +414,14 @@ def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreat
 def list_budgets(
     session: Session, caller: Principal, limit: int, cursor: str | None, member: str | None
 ) -> tuple[Sequence[Budget], str | None]:
-    stmt = select(Budget)
-    if not caller.reads_all_members:
-        stmt = stmt.where(Budget.member_id == (caller.member_id or ""))
+    stmt = lookup.scoped(select(Budget), Budget.member_id, caller)
     if member:
         stmt = stmt.where(Budget.member_id == lookup.member(session, member, caller).id)
     return paging.page(session, stmt, Budget.id, limit, cursor)
 
 
 def get_budget(session: Session, caller: Principal, budget_id: str) -> Budget:
-    row = session.get(Budget, budget_id)
-    if row is None or not caller.can_see_member(row.member_id):
-        raise NotFound("budget", budget_id)
-    return row
+    return lookup.owned(session, caller, Budget, budget_id, "budget")
 
 
 def update_budget(

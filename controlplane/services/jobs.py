@@ -31,7 +31,6 @@ from controlplane.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
-    NotFound,
 )
 from controlplane.jobstate import TERMINAL, JobStatus, transition
 from controlplane.services import catalog, lookup, paging
@@ -339,10 +338,7 @@ def _replay(existing: Job, digest: str) -> schemas.JobPublic:
 
 
 def get_job(session: Session, caller: Principal, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or not caller.can_see_member(job.member_id):
-        raise NotFound("job", job_id)
-    return job
+    return lookup.owned(session, caller, Job, job_id, "job")
 
 
 def list_jobs(
@@ -356,10 +352,8 @@ def list_jobs(
     pool: str | None = None,
     member: str | None = None,
 ) -> tuple[Sequence[Job], str | None]:
-    stmt = select(Job)
-    if not caller.reads_all_members:
-        stmt = stmt.where(Job.member_id == (caller.member_id or ""))
-    elif member:
+    stmt = lookup.scoped(select(Job), Job.member_id, caller)
+    if caller.reads_all_members and member:
         stmt = stmt.where(Job.member_id == lookup.member(session, member, caller).id)
     if status:
         wanted = [s.upper() for s in status]
