@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 ADMIN = "nuri-bench-bootstrap-admin-token-0123456789"
 PG_URL = os.environ.get("NURI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-BODY = {"kind": "lora", "model": "axk1", "gpus": 8, "allowed_pools": ["kr-bench-h200"]}
+BODY = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "allowed_pools": ["kr-bench-h200"]}
 
 
 class BareBody(BaseModel):

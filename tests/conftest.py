@@ -304,7 +304,7 @@ def build_world(client: TestClient) -> World:
             client.post(
                 "/v1/jobs",
                 headers=bearer(t.user_token),
-                json={"kind": "lora", "model": "axk1", "gpus": 8, "inputs": [t.dataset["id"]]},
+                json={"kind": "lora", "model": "axk1-tiny", "gpus": 8, "inputs": [t.dataset["id"]]},
             ),
             201,
         )

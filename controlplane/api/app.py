@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api import errors
 from controlplane.api.deps import SessionDep
-from controlplane.api.routers import artifacts, audit, data, inventory, jobs, tenancy
+from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
 from controlplane.audit import signing
 from controlplane.db.engine import make_engine, migrate
 from controlplane.services.bootstrap import BootstrapResult, bootstrap
@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         return {"status": "ok", "database": engine.dialect.name}
 
-    for module in (tenancy, inventory, data, jobs, artifacts, audit):
+    for module in (tenancy, inventory, data, jobs, plan, artifacts, audit):
         app.include_router(module.router)
     return app
 

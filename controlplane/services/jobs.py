@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from controlplane import residency
+from controlplane import planning, residency
 from controlplane.api import schemas
 from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
@@ -23,6 +23,7 @@ from controlplane.db.models import (
     JobEvent,
     JobLog,
     JobMetric,
+    Pool,
     Role,
 )
 from controlplane.db.types import new_id
@@ -171,6 +172,10 @@ def _validate(
                 },
             },
         )
+    pools = catalog_pools(
+        session, [c.name for c in candidates if _fits(c, nodes, per_node, body.same_domain)]
+    )
+    planning.check_submission(body.kind.value, body.model, body.config, body.gpus, nodes, pools)
     class_preemptible = cat.priority_classes.get(body.priority_class)
     if class_preemptible is None:
         raise InvalidRequest(
@@ -186,6 +191,12 @@ def _validate(
             details={"priority_class": body.priority_class},
         )
     return nodes, per_node, input_ids, preemptible
+
+
+def catalog_pools(session: Session, names: list[str]) -> list[tuple[str, float, int]]:
+    """(name, GPU memory GiB, GPUs per node) of the named pools, for the planner."""
+    rows = session.exec(select(Pool).where(col(Pool.name).in_(names))).all() if names else []
+    return [(p.name, float(p.gpu_memory_gib), p.gpus_per_node) for p in rows]
 
 
 def submit(

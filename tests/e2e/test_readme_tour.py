@@ -104,6 +104,7 @@ def test_readme_tour_works_as_written(nuri_up: tuple[str, dict[str, str], Path])
     assert {j["status"] for j in jobs["items"]} == {"CANCELLED"}
     assert by_name["tour-lora"]["idempotency_key"] == "tour-lora-1"
     assert "exceeds_capacity" in done.stdout and "residency_denied" in done.stdout
+    assert "insufficient_gpus" in done.stdout
     assert "residency.schedule.region" in done.stdout
     assert "FAILED" not in done.stdout + done.stderr
     assert (cwd / "audit-export" / "events.jsonl").exists()

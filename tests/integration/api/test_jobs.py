@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from controlplane.db.models import Job, JobEvent
 from tests.conftest import World, bearer, ok
 
-LORA = {"kind": "lora", "model": "axk1", "gpus": 8}
+LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8}
 
 
 def submit(w: World, body: dict[str, Any], key: str | None = None, token: str | None = None):
@@ -260,3 +260,26 @@ def test_events_are_ordered_and_scoped(world: World) -> None:
         world.client.get(f"/v1/jobs/{world.a.job['id']}/events", headers=bearer(world.a.user_token))
     )["items"]
     assert len(events) == n == 1
+
+
+def test_the_plan_refuses_too_few_gpus_and_is_served(world: World) -> None:
+    resp = submit(world, {"kind": "lora", "model": "axk1", "gpus": 8})
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "insufficient_gpus"
+    plan = body["details"]["plans"]["kr-test-h200"]
+    assert plan["gpus"] == 16 and plan["nodes"] == 2
+    assert "needs at least 16 GPUs" in body["message"]
+    ok(submit(world, {"kind": "lora", "model": "axk1", "gpus": 16}), 201)
+    served = ok(
+        world.client.post(
+            "/v1/plan",
+            headers=bearer(world.a.user_token),
+            json={"model": "axk1", "kind": "inference", "precision": "fp8", "pool": "kr-test-h200"},
+        )
+    )
+    assert served["gpus"] == 8 and served["nodes"] == 1
+    bad = world.client.post(
+        "/v1/plan", headers=bearer(world.a.user_token), json={"model": "axk1", "kind": "juggling"}
+    )
+    assert bad.status_code == 422 and set(bad.json()) == {"code", "message", "details"}

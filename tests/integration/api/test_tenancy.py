@@ -50,6 +50,7 @@ COVERED = {
     ("PATCH", "/v1/datasets/{ref}"),
     ("GET", "/v1/jobs/{job_id}/logs"),
     ("GET", "/v1/jobs/{job_id}/metrics"),
+    ("POST", "/v1/plan"),
     ("GET", "/v1/artifacts"),
     ("GET", "/v1/artifacts/{art_id}"),
     ("POST", "/v1/artifacts/{art_id}/export"),

@@ -50,7 +50,7 @@ def submit_jobs(w: World, n: int) -> None:
             w.client.post(
                 "/v1/jobs",
                 headers=bearer(w.a.user_token),
-                json={"kind": "lora", "model": "axk1", "gpus": 1, "name": f"a{i}"},
+                json={"kind": "lora", "model": "axk1-tiny", "gpus": 1, "name": f"a{i}"},
             ),
             201,
         )
@@ -64,7 +64,7 @@ def test_every_change_is_recorded_with_its_context(world: World) -> None:
             "X-Request-ID": "req-42",
             "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
         },
-        json={"kind": "lora", "model": "axk1", "gpus": 8},
+        json={"kind": "lora", "model": "axk1-tiny", "gpus": 8},
     )
     job = ok(resp, 201)
     ok(
@@ -205,7 +205,7 @@ def test_concurrent_appends_keep_one_chain(world: World) -> None:
         r = world.client.post(
             "/v1/jobs",
             headers=bearer(world.a.user_token),
-            json={"kind": "lora", "model": "axk1", "gpus": 1, "name": f"c{i}"},
+            json={"kind": "lora", "model": "axk1-tiny", "gpus": 1, "name": f"c{i}"},
         )
         if r.status_code != 201:
             errors.append(r.text)

@@ -1,0 +1,85 @@
+"""The capacity planner at the API: ``POST /v1/plan`` and the check at submission.
+
+A job asking for fewer GPUs than its plan needs in every pool it may use can never run well,
+so it is refused at once (422 ``insufficient_gpus``, the plan in ``details``) instead of
+failing hours later with out-of-memory. Plans come from ``workers.planner`` (parameter counts
+of the model's config on the meta device) and are cached; the first one in a process pays the
+transformers import (seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from controlplane.errors import InvalidRequest
+
+PLANNABLE = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "student-tiny"})
+
+
+class InsufficientGpus(InvalidRequest):
+    code = "insufficient_gpus"
+
+
+def _planner() -> Any:
+    from workers import planner  # heavy (torch, transformers): only when a plan is needed
+
+    return planner
+
+
+def plan_request(body: dict[str, Any], pool: tuple[float, int] | None) -> dict[str, Any]:
+    """``POST /v1/plan``: a plan for the body (``workers.planner.plan_from_request`` fields)."""
+    planner = _planner()
+    default = planner.PoolSpec(pool[0], pool[1]) if pool else None
+    try:
+        result = planner.plan_from_request(body, default)
+    except planner.PlanError as exc:
+        raise InvalidRequest(str(exc), code=getattr(exc, "code", "invalid_plan_request")) from None
+    out: dict[str, Any] = result.to_dict()
+    return out
+
+
+def check_submission(
+    kind: str,
+    model: str,
+    config: dict[str, Any],
+    gpus: int,
+    nodes: int,
+    pools: Sequence[tuple[str, float, int]],
+) -> None:
+    """Refuse a job whose plan needs more GPUs than it asks for in every candidate pool.
+
+    ``pools`` are (name, GPU memory GiB, GPUs per node). Models the planner cannot size
+    (a registered model of unknown architecture) and distillations without a named student
+    are not checked here.
+    """
+    student = config.get("student")
+    if model not in PLANNABLE or (kind == "distill" and not isinstance(student, str)):
+        return
+    planner = _planner()
+    options: dict[str, Any] = {}
+    for key in ("precision", "seq_len", "micro_batch", "lora_rank"):
+        if key in config:
+            options[key] = config[key]
+    plans: dict[str, Any] = {}
+    try:
+        for name, memory, per_node in pools:
+            spec = planner.PoolSpec(memory, per_node)
+            if kind == "distill":
+                p = planner.plan(student, kind, pool=spec, teacher=model, **options)
+            else:
+                p = planner.plan(model, kind, pool=spec, **options)
+            if planner.fits(p, gpus, nodes):
+                return
+            plans[name] = p
+    except (planner.PlanError, TypeError, ValueError) as exc:
+        raise InvalidRequest(
+            f"cannot plan this job: {exc}",
+            code="invalid_plan_request",
+            details={"kind": kind, "model": model},
+        ) from None
+    smallest = min(plans.items(), key=lambda kv: kv[1].gpus)
+    raise InsufficientGpus(
+        planner.shortfall(smallest[1], gpus, nodes) or "the job needs more GPUs",
+        details={"requested_gpus": gpus, "plans": {n: p.to_dict() for n, p in plans.items()}},
+    )
