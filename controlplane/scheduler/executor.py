@@ -66,6 +66,7 @@ class LaunchSpec:
     config: dict[str, Any]
     checkpoint_dir: str
     resume_from: str | None = None
+    kind: str = "finetune"
 
 
 class RayExecutor:
@@ -138,6 +139,7 @@ class RayExecutor:
                 return
             ray.kill(existing)  # a stale attempt's supervisor: its bundles are gone
         payload = {
+            "kind": spec.kind,
             "config": spec.config,
             "checkpoint_dir": spec.checkpoint_dir,
             "resume_from": spec.resume_from,

@@ -554,6 +554,7 @@ class SchedulerService:
             pool=job.pool or "",
             assignment=tuple((str(n), int(g)) for n, g in job.assignment),
             config=job.config,
+            kind=job.kind,
             checkpoint_dir=str(self.config.checkpoint_root / job.id),
             resume_from=job.checkpoint_uri,
         )

@@ -34,30 +34,85 @@ class RankWorker:
         self.events: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def endpoint(self) -> tuple[str, int]:
+        """This rank's address and a free port: rank 0's is everyone's rendezvous."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = int(s.getsockname()[1])
+        return ray.util.get_node_ip_address(), port  # type: ignore[no-untyped-call]
+
+    def start(self, master: tuple[str, int]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(master,), daemon=True)
         self._thread.start()
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self._lock:
             self.events.append({**event, "at": time.time(), "rank": self.rank})
 
-    def _run(self) -> None:
-        self.state = "running"
-        try:
-            payload = self.spec.get("config", {}).get("payload", "synthetic")
-            if payload != "synthetic":
-                raise ValueError(f"unknown payload {payload!r}")
-            from workers import synthetic
+    def _from_worker(self, event: dict[str, Any]) -> None:
+        """Translate a ``workers`` report event into the supervisor's event stream."""
+        kind = event.get("type")
+        if kind == "metrics":
+            values = {
+                k: v
+                for k, v in event.items()
+                if isinstance(v, int | float) and k not in ("step", "rank", "at")
+            }
+            self._emit({"type": "metric", "step": int(event.get("step", 0)), "values": values})
+        elif kind == "checkpoint":
+            uri = str(event.get("path", self.spec["checkpoint_dir"]))
+            self._emit({"type": "checkpoint", "step": int(event.get("step", 0)), "uri": uri})
+        else:
+            brief = {k: v for k, v in event.items() if k not in ("type", "plan", "manifest")}
+            self._emit({"type": "log", "line": f"{kind}: {brief}"[:2000]})
 
-            result = synthetic.run(
-                synthetic.SyntheticConfig.from_config(self.spec.get("config", {})),
-                Path(self.spec["checkpoint_dir"]),
-                self.rank,
-                self.world_size,
-                self._stop.is_set,
-                self._emit,
-            )
-            self.state = result
+    def _run(self, master: tuple[str, int]) -> None:
+        self.state = "running"
+        config = self.spec.get("config", {})
+        try:
+            payload = config.get("payload", "synthetic")
+            if payload == "synthetic":
+                from workers import synthetic
+
+                self.state = synthetic.run(
+                    synthetic.SyntheticConfig.from_config(config),
+                    Path(self.spec["checkpoint_dir"]),
+                    self.rank,
+                    self.world_size,
+                    self._stop.is_set,
+                    self._emit,
+                )
+            elif payload == "workers":
+                # The real A.X K1 loops: one torch.distributed rank per bundle.
+                from workers.reporting import CallbackReporter
+                from workers.runtime import run_rank
+                from workers.spec import JobSpec
+
+                spec = JobSpec.from_dict(
+                    {
+                        **config.get("spec", {}),
+                        "job_id": self.job_id,
+                        "kind": self.spec["kind"],
+                        "output_dir": self.spec["checkpoint_dir"],
+                    }
+                )
+                result = run_rank(
+                    spec,
+                    self.rank,
+                    self.world_size,
+                    master,
+                    self._stop.is_set,
+                    CallbackReporter(self._from_worker),
+                )
+                self.state = result.status if result.status in RANK_STATES else "failed"
+                if self.state == "failed":
+                    self.error = str(getattr(result, "error", "") or "the payload failed")
+            else:
+                raise ValueError(f"unknown payload {payload!r}")
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._emit({"type": "log", "line": traceback.format_exc(limit=5)})
@@ -102,6 +157,9 @@ class JobSupervisor:
             ).remote(job_id, attempt, i, len(bundle_gpus), spec)
             for i, gpus in enumerate(bundle_gpus)
         ]
+        master = ray.get(self.ranks[0].endpoint.remote(), timeout=120)
+        for r in self.ranks:
+            r.start.remote(master)
 
     def ping(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "started_at": self.started_at}

@@ -72,6 +72,8 @@ def _shape(body: schemas.JobCreate, candidates: list[catalog.PoolShape]) -> tupl
 def _fits(shape: catalog.PoolShape, nodes: int, per_node: int, same_domain: bool) -> bool:
     if per_node > shape.gpus_per_node:
         return False
+    if nodes > 1 and per_node != shape.gpus_per_node:
+        return False  # multi-node jobs take whole nodes (the engine never splits them)
     usable = shape.largest_domain_nodes if same_domain and nodes > 1 else shape.nodes
     return nodes <= usable
 
@@ -153,7 +155,8 @@ def _validate(
     candidates = permitted
     if not any(_fits(s, nodes, per_node, body.same_domain) for s in candidates):
         raise InvalidRequest(
-            f"{nodes} node(s) x {per_node} GPUs is larger than any allowed pool can ever hold",
+            f"{nodes} node(s) x {per_node} GPUs fits no allowed pool (larger than it can ever "
+            "hold, or a multi-node job that does not take whole nodes)",
             code="exceeds_capacity",
             details={
                 "requested": {

@@ -54,8 +54,9 @@ def test_submit_persists_a_queued_job_with_its_first_event(world: World) -> None
 def test_shape_is_derived_for_multi_node_requests(world: World) -> None:
     job = ok(submit(world, {**LORA, "gpus": 16}), 201)
     assert (job["nodes"], job["gpus_per_node"]) == (2, 8)
-    job = ok(submit(world, {**LORA, "gpus": 4, "nodes": 2}), 201)
-    assert (job["nodes"], job["gpus_per_node"]) == (2, 2)
+    # Multi-node jobs take whole nodes: 2 x 2 GPUs is refused, 2 x 8 is derived from 16.
+    resp = submit(world, {**LORA, "gpus": 4, "nodes": 2})
+    assert resp.status_code == 422 and resp.json()["code"] == "exceeds_capacity"
 
 
 def test_client_cannot_set_server_owned_fields(world: World) -> None:
