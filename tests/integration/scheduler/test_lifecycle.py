@@ -150,7 +150,7 @@ def test_a_real_axk1_job_runs_as_two_torch_ranks(env: Env) -> None:
         env.alpha,
         kind="finetune",
         model="axk1-tiny",
-        gpus=2,
+        gpus=16,
         nodes=2,
         name="real-finetune",
         config={"payload": "workers", "spec": spec},
