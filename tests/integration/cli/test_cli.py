@@ -149,7 +149,8 @@ def test_admin_and_member_workflow(server: str, tmp_path: Path) -> None:
 
     spec = tmp_path / "job.yaml"
     spec.write_text(
-        "kind: finetune\nmodel: axk1-tiny\ngpus: 16\nname: from-yaml\nallowed_pools: [kr-test-h100]\n"
+        "kind: finetune\nmodel: axk1-tiny\ngpus: 16\nname: from-yaml\n"
+        "allowed_pools: [kr-test-h100]\n"
     )
     r = nuri(server, token, "submit", "-f", str(spec), "--max-runtime", "2h", "-q")
     assert r.exit_code == 0, r.output
