@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     boot = bootstrap(engine, settings.bootstrap_admin_token)
 
     app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
         title="Nuri",
         version="0.1.0",
         description="Control plane of the consortium's shared GPU cluster (A.X K1).",
@@ -96,9 +98,32 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         return {"status": "ok", "database": engine.dialect.name}
 
+    _self_hosted_docs(app)
     for module in (tenancy, inventory, data, jobs, plan, artifacts, audit):
         app.include_router(module.router)
     return app
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """Swagger UI from a bundled copy: the cluster's network may not reach a CDN."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(
+        "/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Nuri API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
 
 def bootstrap_result(app: FastAPI) -> BootstrapResult:

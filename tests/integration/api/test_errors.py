@@ -244,3 +244,14 @@ def test_random_bodies_never_cause_a_500(
     assert resp.status_code < 500, (route, body, resp.text)
     if resp.status_code >= 400:
         assert set(resp.json()) == {"code", "message", "details"}
+
+
+def test_docs_are_served_without_a_cdn(sqlite_world: World) -> None:
+    html = sqlite_world.client.get("/docs")
+    assert html.status_code == 200
+    assert "/static/swagger/swagger-ui-bundle.js" in html.text and "cdn" not in html.text
+    js = sqlite_world.client.get("/static/swagger/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    spec = sqlite_world.client.get("/openapi.json").json()
+    ops = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ops) == len(set(ops)) and "submitJob" in ops
