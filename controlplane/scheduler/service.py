@@ -190,7 +190,8 @@ class SchedulerService:
             else:
                 self._infrastructure_failure(job, "supervisor is gone", report)
             return
-        self._store_events(job, sup["events"])
+        if not self._store_events(job, sup["events"]):
+            return
         now = self.clock()
         if status is S.ADMITTED:
             self._mark_running(job, report)
@@ -230,9 +231,11 @@ class SchedulerService:
                 code="max_runtime_exceeded",
             )
 
-    def _store_events(self, job: Job, events: list[dict[str, Any]]) -> None:
+    def _store_events(self, job: Job, events: list[dict[str, Any]]) -> bool:
+        """Store the events once; False when another writer moved the job's counter first
+        (the caller then re-observes next cycle instead of acting on a partial picture)."""
         if not events:
-            return
+            return True
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
@@ -286,11 +289,12 @@ class SchedulerService:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
-                return
+                return False
             s.commit()
         job.observed_events += len(events)
         if ckpt is not None:
             job.checkpoint_uri, job.last_checkpoint_at = ckpt["uri"], ckpt["at"]
+        return True
 
     # --- transitions after observation -----------------------------------------------------
 

@@ -123,6 +123,7 @@ class RankWorker:
             return {
                 "state": self.state,
                 "error": self.error,
+                "start": after,
                 "events": self.events[after:],
                 "total": len(self.events),
             }
@@ -142,6 +143,7 @@ class JobSupervisor:
         self.started_at = time.time()
         self.preempt_deadline: float | None = None
         self._seen = [0] * len(bundle_gpus)
+        self._status_lock = threading.Lock()
         self._buffer: list[dict[str, Any]] = []
         pg = ray.util.get_placement_group(spec["placement_group"])
         worker_cls = ray.remote(RankWorker)
@@ -172,6 +174,12 @@ class JobSupervisor:
         Ranks that do not answer within ``timeout_s`` (still starting, or busy) count as
         running; a rank whose actor died fails the attempt.
         """
+        # Calls can overlap (the actor is threaded and a control plane that gave up waiting
+        # asks again): one at a time, and each rank's events are taken by absolute index.
+        with self._status_lock:
+            return self._status(after_event, timeout_s)
+
+    def _status(self, after_event: int, timeout_s: float) -> dict[str, Any]:
         refs = {r.poll.remote(self._seen[i]): i for i, r in enumerate(self.ranks)}
         ready, _pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         states = ["running"] * len(self.ranks)
@@ -184,8 +192,9 @@ class JobSupervisor:
                 states[i] = "failed"
                 errors.append(f"rank {i} lost: {type(exc).__name__}")
                 continue
-            self._seen[i] += len(out["events"])
-            self._buffer.extend(out["events"])
+            fresh = out["events"][max(0, self._seen[i] - out["start"]) :]
+            self._seen[i] += len(fresh)
+            self._buffer.extend(fresh)
             states[i] = out["state"]
             if out["error"]:
                 errors.append(f"rank {i}: {out['error']}")
