@@ -9,6 +9,7 @@ transformers import (seconds).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,12 @@ class InsufficientGpus(InvalidRequest):
     code = "insufficient_gpus"
 
 
+# transformers' lazy module is not safe to import from several threads at once (a concurrent
+# first import raises ImportError for names that exist), and plans are cached after the first
+# computation: one lock around planning costs little and removes the race.
+_lock = threading.Lock()
+
+
 def _planner() -> Any:
     from workers import planner  # heavy (torch, transformers): only when a plan is needed
 
@@ -29,12 +36,15 @@ def _planner() -> Any:
 
 def plan_request(body: dict[str, Any], pool: tuple[float, int] | None) -> dict[str, Any]:
     """``POST /v1/plan``: a plan for the body (``workers.planner.plan_from_request`` fields)."""
-    planner = _planner()
-    default = planner.PoolSpec(pool[0], pool[1]) if pool else None
-    try:
-        result = planner.plan_from_request(body, default)
-    except planner.PlanError as exc:
-        raise InvalidRequest(str(exc), code=getattr(exc, "code", "invalid_plan_request")) from None
+    with _lock:
+        planner = _planner()
+        default = planner.PoolSpec(pool[0], pool[1]) if pool else None
+        try:
+            result = planner.plan_from_request(body, default)
+        except planner.PlanError as exc:
+            raise InvalidRequest(
+                str(exc), code=getattr(exc, "code", "invalid_plan_request")
+            ) from None
     out: dict[str, Any] = result.to_dict()
     return out
 
@@ -56,6 +66,19 @@ def check_submission(
     student = config.get("student")
     if model not in PLANNABLE or (kind == "distill" and not isinstance(student, str)):
         return
+    with _lock:
+        _check(kind, model, student, config, gpus, nodes, pools)
+
+
+def _check(
+    kind: str,
+    model: str,
+    student: Any,
+    config: dict[str, Any],
+    gpus: int,
+    nodes: int,
+    pools: Sequence[tuple[str, float, int]],
+) -> None:
     planner = _planner()
     options: dict[str, Any] = {}
     for key in ("precision", "seq_len", "micro_batch", "lora_rank"):

@@ -284,3 +284,27 @@ def test_the_plan_refuses_too_few_gpus_and_is_served(world: World) -> None:
         "/v1/plan", headers=bearer(world.a.user_token), json={"model": "axk1", "kind": "juggling"}
     )
     assert bad.status_code == 422 and set(bad.json()) == {"code", "message", "details"}
+
+
+def test_first_plans_under_concurrency_never_fail(sqlite_world: World) -> None:
+    # Several threads planning at once (the first may import transformers): no 500s.
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from controlplane import planning\n"
+        "errors = []\n"
+        "def go():\n"
+        "    try:\n"
+        "        planning.check_submission('lora', 'axk1-tiny', {}, 8, 1,"
+        " [('p', 141.0, 8)])\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "ts = [threading.Thread(target=go) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print('ERRORS', errors)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ERRORS []" in out.stdout, out.stdout + out.stderr
+    assert sqlite_world.a.job["status"] == "QUEUED"
