@@ -148,7 +148,7 @@ def wrk_rate(url: str, token: str | None, seconds: int, concurrency: int) -> flo
 async def blast(url: str, token: str | None, n: int, concurrency: int) -> float:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60.0) as c:
         queue = list(range(n))
         failures = 0
 

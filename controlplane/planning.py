@@ -9,6 +9,7 @@ transformers import (seconds).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -70,6 +71,23 @@ def check_submission(
         _check(kind, model, student, config, gpus, nodes, pools)
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan(
+    kind: str,
+    model: str,
+    student: str | None,
+    options: tuple[tuple[str, Any], ...],
+    memory: float,
+    per_node: int,
+) -> Any:
+    """One plan, memoised: the same request shape is planned once per process."""
+    planner = _planner()
+    spec = planner.PoolSpec(memory, per_node)
+    if kind == "distill":
+        return planner.plan(student, kind, pool=spec, teacher=model, **dict(options))
+    return planner.plan(model, kind, pool=spec, **dict(options))
+
+
 def _check(
     kind: str,
     model: str,
@@ -80,18 +98,15 @@ def _check(
     pools: Sequence[tuple[str, float, int]],
 ) -> None:
     planner = _planner()
-    options: dict[str, Any] = {}
-    for key in ("precision", "seq_len", "micro_batch", "lora_rank"):
-        if key in config:
-            options[key] = config[key]
+    options = tuple(
+        (key, config[key])
+        for key in ("precision", "seq_len", "micro_batch", "lora_rank")
+        if key in config and isinstance(config[key], str | int | float)
+    )
     plans: dict[str, Any] = {}
     try:
         for name, memory, per_node in pools:
-            spec = planner.PoolSpec(memory, per_node)
-            if kind == "distill":
-                p = planner.plan(student, kind, pool=spec, teacher=model, **options)
-            else:
-                p = planner.plan(model, kind, pool=spec, **options)
+            p = _plan(kind, model, student, options, memory, per_node)
             if planner.fits(p, gpus, nodes):
                 return
             plans[name] = p
@@ -106,3 +121,17 @@ def _check(
         planner.shortfall(smallest[1], gpus, nodes) or "the job needs more GPUs",
         details={"requested_gpus": gpus, "plans": {n: p.to_dict() for n, p in plans.items()}},
     )
+
+
+def warm_up() -> None:
+    """Import the planner and size one preset, so no user request pays the import."""
+    try:
+        check_submission("inference", "axk1-tiny", {}, 1, 1, [("warm-up", 80.0, 8)])
+    except Exception:  # a warm-up failure surfaces on the first real plan instead
+        return
+
+
+def warm_up_in_background() -> threading.Thread:
+    thread = threading.Thread(target=warm_up, name="nuri-planner-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Ed25519 key (PEM) that signs audit checkpoints; created under NURI_HOME when absent.
     audit_key_path: Path | None = None
     audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    # Import the capacity planner (torch, transformers: seconds) at start, not on first use.
+    warm_planner: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsafe_prod(self) -> Settings:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controlplane import planning
 from controlplane.api import errors
 from controlplane.api.deps import SessionDep
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.state.bootstrap = boot
     app.state.audit_key = signing.load_or_create(settings.resolved_audit_key_path)
+    if settings.warm_planner:
+        planning.warm_up_in_background()
     errors.install(app)
 
     app.add_middleware(RequestIdMiddleware)

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from controlplane.audit import chain, signing
 from controlplane.db.models import AuditCheckpoint, AuditEvent, AuditHead
@@ -19,6 +19,20 @@ if TYPE_CHECKING:  # auth records sign-ins here, so the import goes one way at r
 
 SYSTEM_ACTOR = "system"
 
+# Core statements on the table, parameters bound per call: compiled once and reused, and no
+# ORM bulk-update machinery on the path every mutation of the system takes.
+_HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+_BUMP = (
+    update(_HEAD)
+    .where(_HEAD.c.stream == bindparam("stream_key"))
+    .values(seq=_HEAD.c.seq + 1)
+    .returning(_HEAD.c.seq, _HEAD.c.hash)
+)
+_SET_HASH = (
+    update(_HEAD).where(_HEAD.c.stream == bindparam("stream_key")).values(hash=bindparam("head"))
+)
+_INSERT_EVENT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+
 
 def _next_position(session: Session, stream: str) -> tuple[int, str]:
     """(seq, prev_hash) for a new event, taking the stream's lock first.
@@ -26,13 +40,8 @@ def _next_position(session: Session, stream: str) -> tuple[int, str]:
     The UPDATE comes before any read so that it is the statement that acquires the lock: a
     concurrent appender waits here and then sees the committed head, never a stale one.
     """
-    stmt = (
-        update(AuditHead)
-        .where(col(AuditHead.stream) == stream)
-        .values(seq=AuditHead.seq + 1)
-        .returning(col(AuditHead.seq), col(AuditHead.hash))
-    )
-    row = session.execute(stmt).first()
+    conn = session.connection()
+    row = conn.execute(_BUMP, {"stream_key": stream}).first()
     if row is None:
         # First event of this stream: create its head (idempotently, another transaction may
         # be doing the same) and take the lock the normal way.
@@ -41,7 +50,7 @@ def _next_position(session: Session, stream: str) -> tuple[int, str]:
         session.execute(
             ins.values(stream=stream, seq=0, hash=chain.GENESIS).on_conflict_do_nothing()
         )
-        row = session.execute(stmt).first()
+        row = conn.execute(_BUMP, {"stream_key": stream}).first()
         if row is None:
             raise RuntimeError(f"audit stream {stream!r} has no head row")
     return int(row[0]), str(row[1])
@@ -82,8 +91,9 @@ def record(
         "prev_hash": prev,
     }
     digest = chain.event_hash(fields)
-    session.execute(insert(AuditEvent), {**fields, "at": now, "hash": digest})
-    session.execute(update(AuditHead).where(col(AuditHead.stream) == stream).values(hash=digest))
+    conn = session.connection()
+    conn.execute(_INSERT_EVENT, {**fields, "at": now, "hash": digest})
+    conn.execute(_SET_HASH, {"stream_key": stream, "head": digest})
     return {**fields, "hash": digest}
 
 

@@ -33,6 +33,7 @@ class PoolShape:
     gpus_per_node: int
     nodes: int
     largest_domain_nodes: int
+    gpu_memory_gib: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,13 @@ def load(session: Session) -> Catalog:
     for pool_id, _domain, n in counts:
         per_pool.setdefault(pool_id, []).append(int(n))
     shapes = {
-        p.name: PoolShape(p.name, p.gpus_per_node, sum(per_pool[pid]), max(per_pool[pid] or [0]))
+        p.name: PoolShape(
+            p.name,
+            p.gpus_per_node,
+            sum(per_pool[pid]),
+            max(per_pool[pid] or [0]),
+            float(p.gpu_memory_gib),
+        )
         for pid, p in pools.items()
     }
     classes = {pc.name: pc.preemptible for pc in session.exec(select(PriorityClass)).all()}

@@ -23,7 +23,6 @@ from controlplane.db.models import (
     JobEvent,
     JobLog,
     JobMetric,
-    Pool,
     Role,
 )
 from controlplane.db.types import new_id
@@ -175,9 +174,11 @@ def _validate(
                 },
             },
         )
-    pools = catalog_pools(
-        session, [c.name for c in candidates if _fits(c, nodes, per_node, body.same_domain)]
-    )
+    pools = [
+        (c.name, c.gpu_memory_gib, c.gpus_per_node)
+        for c in candidates
+        if _fits(c, nodes, per_node, body.same_domain)
+    ]
     planning.check_submission(body.kind.value, body.model, body.config, body.gpus, nodes, pools)
     class_preemptible = cat.priority_classes.get(body.priority_class)
     if class_preemptible is None:
@@ -194,12 +195,6 @@ def _validate(
             details={"priority_class": body.priority_class},
         )
     return nodes, per_node, input_ids, preemptible
-
-
-def catalog_pools(session: Session, names: list[str]) -> list[tuple[str, float, int]]:
-    """(name, GPU memory GiB, GPUs per node) of the named pools, for the planner."""
-    rows = session.exec(select(Pool).where(col(Pool.name).in_(names))).all() if names else []
-    return [(p.name, float(p.gpu_memory_gib), p.gpus_per_node) for p in rows]
 
 
 def submit(
