@@ -44,6 +44,13 @@ def get_principal(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
+    return principal_for(request, session, settings, authorization)
+
+
+def principal_for(
+    request: Request, session: Session, settings: Settings, authorization: str | None
+) -> Principal:
+    """Authenticate within the caller's thread and session (see ``get_principal``)."""
     origin = Origin(
         source_ip=request.client.host if request.client else None,
         request_id=getattr(request.state, "request_id", None),
