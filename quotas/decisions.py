@@ -8,6 +8,7 @@ strings (listed in :data:`REASON_RANK`, most fundamental first); messages are fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Reason codes, ranked: a pending job's reasons are sorted by this order so the first reason
 # is the one that must be resolved first (no point saying "fragmented" when the quota is full).
@@ -94,11 +95,14 @@ class Reservation:
     assignments: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """A job that stays queued: ranked ``reasons``, 1-based ``position`` in this cycle's order,
     and ``eta`` (epoch seconds) estimated from running jobs' max runtimes and the queue ahead,
-    ``None`` when no estimate exists (budget exhausted, shape never fits ...)."""
+    ``None`` when no estimate exists (budget exhausted, shape never fits ...).
+
+    A named tuple, not a frozen dataclass: a cycle builds one per waiting job (tens of
+    thousands), and a tuple is built several times faster.
+    """
 
     job_id: str
     reasons: tuple[Reason, ...]

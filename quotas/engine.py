@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from itertools import count
+from operator import attrgetter
 
 from quotas import decisions as codes
 from quotas.backfill import hold, place_backfill, release_timeline, shadow_start, take
@@ -69,11 +71,21 @@ def admit(snapshot: Snapshot, now: float) -> Decisions:
 def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
     """:func:`admit` without the structural check, for a caller that built the snapshot from
     an already validated structure (the simulator validates its cluster once, not per cycle)."""
+    return run_cycle(snapshot, now).decisions()
+
+
+def run_cycle(snapshot: Snapshot, now: float, closed_check: int | None = 64) -> _Cycle:
+    """Phases 1-5 over ``snapshot``; the cycle's ``decisions()`` assembles the output.
+
+    ``closed_check``: failures in a row after which the tournament looks for the closed
+    world (see ``_Cycle._world_closed``), doubling after each look; ``None`` never looks.
+    The shortcut changes nothing in the decisions; tests compare both ways.
+    """
     # 1. Heads.
     queued, invalid = queue_heads(snapshot)
     # 2. Snapshot.
     state = CycleState(snapshot, now)
-    cycle = _Cycle(state)
+    cycle = _Cycle(state, closed_check)
     # 3-5. Assignment, order and admission, per policy.
     policy = state.config.policy
     if policy == "fifo":
@@ -83,10 +95,12 @@ def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
     else:
         cycle.run_tournament(queued, cycle.nuri_key, cycle.try_nuri)
     cycle.waiting.extend(sorted(invalid, key=lambda r: r.job.job_id))
-    return cycle.decisions()
+    return cycle
 
 
 TournamentKey = tuple[int, float, int, float, str]
+_IN_NOMINAL = (0, 0.0)  # tournament key prefix of a head that fits its unused nominal quota
+_order = attrgetter("order")
 _KeyFn = Callable[[Head], TournamentKey]
 _TryFn = Callable[[Head], None]
 
@@ -94,8 +108,10 @@ _TryFn = Callable[[Head], None]
 class _Cycle:
     """Phases 3-5 over one :class:`CycleState`, accumulating decisions."""
 
-    def __init__(self, state: CycleState):
+    def __init__(self, state: CycleState, closed_check: int | None = 64):
         self.state = state
+        self.closed_check = closed_check
+        self.closed_at: int | None = None  # waiting jobs when the world was found closed
         self.explain = state.config.explain
         self.admitted: list[Admit] = []
         self.preempted: list[Preempt] = []
@@ -112,6 +128,12 @@ class _Cycle:
         self._max_available: dict[str, int] = {}
         self._smallest_request = 0
         self._room_left = True  # some member may still have unused nominal quota (shrinks)
+        # Usage changes (admissions, preemption promises) so far, for the closed-world watch.
+        self._changes = 0
+        self._closed_keys: dict[tuple[str, int, bool, int], tuple[int, float]] = {}
+        self._closed_reasons: dict[
+            tuple[str, bool, int], tuple[list[Reason | Deferred], str | None]
+        ] = {}
 
     # -- 4. order ------------------------------------------------------------------------
 
@@ -120,9 +142,8 @@ class _Cycle:
         job, tree = head.job, self.state.tree
         for pool, shape in head.shapes:
             if shape is not None and tree.unused_nominal(job.member, pool) >= shape.gpus:
-                return (0, 0.0, -head.priority, job.submitted_at, job.job_id)
-        score = self.state.fair.score(job.member)
-        return (1, score, -head.priority, job.submitted_at, job.job_id)
+                return _IN_NOMINAL + head.order
+        return (1, self.state.fair.score(job.member), *head.order)
 
     def drf_key(self, head: Head) -> TournamentKey:
         """Lowest weighted dominant share first; FIFO inside a member; priority ignored."""
@@ -140,22 +161,42 @@ class _Cycle:
             if fifo_inside:
                 queue.sort(key=lambda h: (h.job.submitted_at, h.job.job_id))
             else:
-                queue.sort(key=lambda h: (-h.priority, h.job.submitted_at, h.job.job_id))
+                queue.sort(key=_order)
             queue.reverse()  # pop() from the end is O(1)
         heap = [(key_of(q[-1]), member) for member, q in queues.items()]
         heapq.heapify(heap)
         top_priority = max((h.priority for h in heads), default=0)
+        distinct = {h.key[3]: h.shapes for h in heads}  # heads share few shapes tuples
         self._smallest_request = min(
-            (s.gpus for h in heads for _, s in h.shapes if s is not None), default=0
+            (s.gpus for shapes in distinct.values() for _, s in shapes if s is not None),
+            default=0,
         )
+        nuri = try_head == self.try_nuri
+        # Watch for the closed world (see ``_world_closed``) after runs of failures, checking
+        # after 64, then 128, 256 ... failures in a row so the checks stay cheap.
+        check_after = self.closed_check or 0
+        watch, seen, misses = nuri and check_after > 0, 0, 0
         while heap:
             key, member = heapq.heappop(heap)
             if not self.explain and self._nothing_left_to_decide(key, top_priority):
                 break
             queue = queues[member]
             try_head(queue.pop())
-            if try_head == self.try_nuri:
+            if nuri:
                 self._skip_failed(queue)
+                if watch:
+                    if self._changes != seen:
+                        seen, misses = self._changes, 0
+                    else:
+                        misses += 1
+                        if misses >= check_after:
+                            if self._world_closed():
+                                self.closed_at = len(self.waiting)
+                                if queue:
+                                    heapq.heappush(heap, (self._closed_key(queue[-1]), member))
+                                self._run_closed(queues, heap)
+                                return
+                            misses, check_after = 0, check_after * 2
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
 
@@ -174,6 +215,113 @@ class _Cycle:
                 return
             queue.pop()
             self.waiting.append(PendingRecord(head.job, record.reasons, record.eta_pool))
+
+    def _world_closed(self) -> bool:
+        """True when every remaining head must wait, refused by quota in every pool.
+
+        The preemption searches are used up and no member may take even the smallest
+        request anywhere. Usage only grows during a cycle, so this stays true; from then on
+        a head's outcome depends only on its member, preemptibility and shapes (and the
+        budget), which :meth:`_run_closed` settles from a memo -- with exactly the decisions
+        and explanations :meth:`try_nuri` would give.
+        """
+        state = self.state
+        if state.preemption_attempts < state.config.max_preemption_attempts:
+            return False
+        tree, smallest = state.tree, self._smallest_request
+        return not any(
+            tree.available(m, pool) >= smallest for pool in state.index for m in state.members
+        )
+
+    def _closed_key(self, head: Head) -> TournamentKey:
+        """:meth:`nuri_key` in the closed world, where usage and scores no longer change:
+        its first two parts depend only on the member and shapes (memo by ``head.key``)."""
+        found = self._closed_keys.get(head.key)
+        if found is None:
+            found = self._closed_keys[head.key] = self.nuri_key(head)[:2]
+        return found + head.order
+
+    def _run_closed(
+        self, queues: dict[str, list[Head]], heap: list[tuple[TournamentKey, str]]
+    ) -> None:
+        """The rest of the tournament in the closed world, in one loop: the same order and
+        outcomes as :meth:`try_nuri` plus :meth:`_skip_failed`, without their searches.
+
+        A head is settled by its budget, then by the failure memo (a head that failed
+        like it before the world closed keeps that head's reasons, as in ``try_nuri``),
+        then by its per-pool reasons, computed once per (member, preemptible, shapes).
+        """
+        if not self.explain:
+            return  # nothing left to decide, and waiting jobs produce no output
+        state = self.state
+        failed, waiting, headroom = self._failed_heads, self.waiting, state.headroom
+        reservations, now = state.reservations, state.now  # no reservation can be added now
+        outcomes, signature, key_of = self._closed_reasons, self._signature, self._closed_key
+        while heap:
+            member = heap[0][1]
+            queue = queues[member]
+            head = queue.pop()
+            job = head.job
+            left = headroom.get(member)  # as in _over_budget (headroom no longer changes)
+            if not (
+                left is not None
+                and job.gpus * job.max_runtime / 3600.0 > left + 1e-9
+                and self._over_budget(head)
+            ):
+                key = signature(head, now + job.max_runtime) if reservations else head.key
+                record = failed.get(key)
+                if record is not None:
+                    waiting.append(PendingRecord(job, record.reasons, record.eta_pool))
+                else:
+                    memo = (member, head.preemptible, head.key[3])
+                    outcome = outcomes.get(memo)
+                    if outcome is None:
+                        outcome = outcomes[memo] = self._closed_outcome(head)
+                    reasons, first_pool = outcome
+                    if first_pool is None:
+                        waiting.append(PendingRecord(job, reasons, None, None, True))
+                    else:
+                        failed[key] = record = PendingRecord(job, reasons, first_pool)
+                        waiting.append(record)
+            while queue:  # _skip_failed
+                head = queue[-1]
+                job = head.job
+                key = signature(head, now + job.max_runtime) if reservations else head.key
+                record = failed.get(key)
+                if record is None:
+                    break
+                queue.pop()
+                waiting.append(PendingRecord(job, record.reasons, record.eta_pool))
+            # Keys no longer change: the member stays on top while its next head is still the
+            # smallest (a borrowing member's heads come out in a run), else one heap swap.
+            if queue:
+                entry = (key_of(queue[-1]), member)
+                if len(heap) > 1 and min(heap[1:3]) < entry:
+                    heapq.heapreplace(heap, entry)
+                else:
+                    heap[0] = entry
+            else:
+                heapq.heappop(heap)
+
+    def _closed_outcome(self, head: Head) -> tuple[list[Reason | Deferred], str | None]:
+        """The reasons and ETA pool :meth:`try_nuri` finds for a head in the closed world."""
+        tree, member, explain = self.state.tree, head.job.member, self.explain
+        reasons: list[Reason | Deferred] = []
+        first_pool: str | None = None
+        for pool, shape in head.shapes:
+            if shape is None or not self._ever(pool, shape):
+                if explain:
+                    reasons.append(self._shape_reason(head, pool, shape))
+                continue
+            if first_pool is None:
+                first_pool = pool
+            gpus = shape.gpus
+            if not head.preemptible and tree.unused_nominal(member, pool) < gpus:
+                if explain:
+                    reasons.append((NOMINAL_ONLY, member, pool, gpus, False))
+            elif explain:
+                reasons.append((QUOTA, member, pool, gpus, False))
+        return reasons, first_pool
 
     def _quota_closed(self, pool: str) -> bool:
         # Availability only shrinks during a cycle, so a cached maximum is an upper bound.
@@ -285,19 +433,8 @@ class _Cycle:
         tree, member, explain = state.tree, job.member, self.explain
         refused = self._quota_refused
         reasons: list[Reason | Deferred] = []
-        if member in state.headroom:
-            cost = job_cost_gpu_hours(job.gpus, job.max_runtime)
-            left = state.headroom[member]
-            if cost > left + 1e-9:
-                budget = state.members[member].budget
-                reason = Reason(
-                    codes.BUDGET_EXHAUSTED,
-                    f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
-                    f"(GPUs x max runtime), {max(0.0, left):.1f} left this period",
-                )
-                eta = budget.period_end if budget is not None else None
-                self.waiting.append(PendingRecord(job, [reason], None, eta, True))
-                return
+        if self._over_budget(head):
+            return
         end = state.now + job.max_runtime
         # A head like one that already failed everything this cycle fails too: quota, free
         # GPUs and budget only shrink, reservations and failed searches persist. "Like" means
@@ -321,14 +458,14 @@ class _Cycle:
             in_nominal = tree.unused_nominal(member, pool) >= gpus
             if not head.preemptible and not in_nominal:
                 if explain:
-                    reasons.append((NOMINAL_ONLY, member, pool, shape, False))
+                    reasons.append((NOMINAL_ONLY, member, pool, gpus, False))
                 blocked.append((pool, shape, False, False))
                 continue
             memo = (member, pool)
             if gpus >= refused.get(memo, 1 << 30) or tree.available(member, pool) < gpus:
                 refused[memo] = min(gpus, refused.get(memo, 1 << 30))
                 if explain:
-                    reasons.append((QUOTA, member, pool, shape, False))
+                    reasons.append((QUOTA, member, pool, gpus, False))
                 blocked.append((pool, shape, in_nominal, False))
                 continue
             placement = place_backfill(state, pool, shape, end)
@@ -356,28 +493,47 @@ class _Cycle:
             self.waiting.append(PendingRecord(job, reasons, None, None, True))
             return
         # Preemption: pools where the job is guaranteed (reclaim) first.
-        for guaranteed_first in (True, False):
-            for pool, shape, in_nominal, _ in blocked:
-                if in_nominal is guaranteed_first and self._try_preemption(
-                    head, pool, shape, in_nominal, reasons
-                ):
-                    return
+        if state.preemption_attempts < state.config.max_preemption_attempts:
+            for guaranteed_first in (True, False):
+                for pool, shape, in_nominal, _ in blocked:
+                    if in_nominal is guaranteed_first and self._try_preemption(
+                        head, pool, shape, in_nominal, reasons
+                    ):
+                        return
         record = PendingRecord(job, reasons, first_pool)
         if not (state.config.backfill and self._try_reservation(head, blocked, record)):
             self._failed_heads[signature] = record
         self.waiting.append(record)
 
+    def _over_budget(self, head: Head) -> bool:
+        """Settle a head whose worst case overruns its member's GPU-hour budget."""
+        state, job = self.state, head.job
+        member = job.member
+        if member not in state.headroom:
+            return False
+        cost = job_cost_gpu_hours(job.gpus, job.max_runtime)
+        left = state.headroom[member]
+        if cost <= left + 1e-9:
+            return False
+        budget = state.members[member].budget
+        reason = Reason(
+            codes.BUDGET_EXHAUSTED,
+            f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
+            f"(GPUs x max runtime), {max(0.0, left):.1f} left this period",
+        )
+        eta = budget.period_end if budget is not None else None
+        self.waiting.append(PendingRecord(job, [reason], None, eta, True))
+        return True
+
     def _signature(self, head: Head, end: float) -> tuple[object, ...]:
         reservations = self.state.reservations
-        sides = (
-            tuple(
-                reservations[pool].start >= end if pool in reservations else None
-                for pool, _ in head.shapes
-            )
-            if reservations
-            else ()
+        if not reservations:
+            return head.key
+        sides = tuple(
+            reservations[pool].start >= end if pool in reservations else None
+            for pool, _ in head.shapes
         )
-        return (head.job.member, head.priority, head.preemptible, head.shapes, sides)
+        return (head.key, sides)
 
     def _try_preemption(
         self,
@@ -401,6 +557,7 @@ class _Cycle:
         if state.preemption_attempts >= state.config.max_preemption_attempts:
             return False
         state.preemption_attempts += 1
+        self._changes += 1  # conservative: a failed search changes nothing, but it is rare
         plan = plan_preemption(state, job, pool, shape, head.priority, head.preemptible)
         if plan is None:
             self._failed_preemptions[memo] = min(size, self._failed_preemptions.get(memo, size))
@@ -470,6 +627,7 @@ class _Cycle:
 
     def _admit(self, head: Head, pool: str, placement: Placement, borrowing: bool) -> None:
         state, job = self.state, head.job
+        self._changes += 1
         end = state.now + job.max_runtime
         take(state, pool, placement, end)
         gpus = sum(g for _, g in placement)
@@ -521,29 +679,29 @@ class _Cycle:
             fair, total = self.state.fair, len(self.waiting)
             # Many jobs wait for the same reasons: rank each distinct list once, and write
             # the queue reason once per member (the position itself is ``Pending.position``).
+            # Records that share a reasons list (settled from a memo) hit by identity; every
+            # record is alive here, so ids are not reused.
             ranked: dict[tuple[int, tuple[Reason | Deferred, ...]], tuple[Reason, ...]] = {}
-            queue_reason: dict[str, Reason] = {}
-            by_list: dict[tuple[int, int], tuple[Reason, ...]] = {}
-            items = []
-            for position, (record, eta) in enumerate(zip(self.waiting, etas, strict=True), 1):
+            lists: dict[str, tuple[Reason, dict[int, tuple[Reason, ...]]]] = {}
+            items: list[Pending] = []
+            append = items.append
+            for position, record, eta in zip(count(1), self.waiting, etas, strict=False):
                 member = record.job.member
-                where = queue_reason.get(member)
-                if where is None:
+                found = lists.get(member)
+                if found is None:
                     text = f"{total} jobs waiting"
                     if nuri:
                         text += f"; member {member} fair-share score {fair.score(member):.2f}"
-                    where = queue_reason[member] = Reason(codes.QUEUE_POSITION, text)
-                # Records that share a reasons list (settled from a memo) hit by identity;
-                # every record is alive here, so ids are not reused.
-                shared = (id(where), id(record.reasons))
-                reasons = by_list.get(shared)
+                    found = lists[member] = (Reason(codes.QUEUE_POSITION, text), {})
+                where, by_list = found
+                reasons = by_list.get(id(record.reasons))
                 if reasons is None:
                     key = (id(where), tuple(record.reasons))
                     reasons = ranked.get(key)
                     if reasons is None:
-                        found = rank(writer.write(r) for r in key[1])
-                        reasons = ranked[key] = (*found, where)
-                    by_list[shared] = reasons
-                items.append(Pending(record.job.job_id, reasons, position, eta))
+                        found_reasons = rank([writer.write(r) for r in key[1]])
+                        reasons = ranked[key] = (*found_reasons, where)
+                    by_list[id(record.reasons)] = reasons
+                append(Pending(record.job.job_id, reasons, position, eta))
             pending = tuple(items)
         return Decisions(tuple(self.admitted), tuple(self.preempted), pending, tuple(self.reserved))

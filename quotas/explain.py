@@ -26,8 +26,9 @@ from quotas.snapshot import PendingWorkload
 
 # A reason whose message is written at the end of the cycle, from the final state (free GPUs
 # and quota usage only shrink during a cycle, so what blocked the job still blocks it then).
-# Many jobs share one, so it is formatted once: (kind, member, pool, shape, flag).
-Deferred = tuple[str, str, str, Shape, bool]
+# Many jobs share one, so it is formatted once: (kind, member, pool, what, flag), where
+# ``what`` is the job's GPUs for quota reasons (all they depend on) and its shape otherwise.
+Deferred = tuple[str, str, str, Shape | int, bool]
 QUOTA = "quota"
 NOMINAL_ONLY = "nominal_only"
 CAPACITY = "capacity"
@@ -62,6 +63,8 @@ class ReasonWriter:
     def __init__(self, state: CycleState):
         self.state = state
         self._cache: dict[Deferred, Reason] = {}
+        # Per (member, pool): what a quota message says besides the GPUs needed.
+        self._quota: dict[tuple[str, str], tuple[int, int | None, str, str]] = {}
 
     def write(self, item: Reason | Deferred) -> Reason:
         """The human-readable reason for a recorded one."""
@@ -73,19 +76,28 @@ class ReasonWriter:
         return found
 
     def _make(self, item: Deferred) -> Reason:
-        kind, member, pool, shape, flag = item
+        kind, member, pool, what, flag = item
         state = self.state
+        gpus = what if isinstance(what, int) else what.gpus
         if kind == QUOTA:
-            return quota_reason(state, member, pool, shape.gpus)
+            facts = self._quota.get((member, pool))
+            if facts is None:
+                facts = self._quota[(member, pool)] = _quota_facts(state, member, pool)
+            used, limit, exceeded, exhausted = facts
+            if limit is not None and used + gpus > limit:
+                return Reason(codes.QUOTA_EXCEEDED, f"{exceeded}; needs {gpus}")
+            return Reason(codes.COHORT_EXHAUSTED, f"{exhausted}; needs {gpus}")
         if kind == NOMINAL_ONLY:
             tree = state.tree
             used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
             return Reason(
                 codes.NON_PREEMPTIBLE_OVER_NOMINAL,
                 f"non-preemptible jobs run only inside nominal quota: member {member} uses "
-                f"{used}/{nominal} in {pool}; needs {shape.gpus}",
+                f"{used}/{nominal} in {pool}; needs {gpus}",
             )
-        return capacity_reason(state, pool, shape, flag)
+        if isinstance(what, int):
+            raise TypeError(f"a {kind} reason needs the job's shape, not its GPU count")
+        return capacity_reason(state, pool, what, flag)
 
 
 def capacity_reason(state: CycleState, pool_name: str, shape: Shape, held_back: bool) -> Reason:
@@ -116,22 +128,28 @@ def capacity_reason(state: CycleState, pool_name: str, shape: Shape, held_back: 
 
 def quota_reason(state: CycleState, member: str, pool: str, gpus: int) -> Reason:
     """Why the quota tree refuses ``gpus`` more GPUs for ``member`` in ``pool``."""
+    used, limit, exceeded, exhausted = _quota_facts(state, member, pool)
+    if limit is not None and used + gpus > limit:
+        return Reason(codes.QUOTA_EXCEEDED, f"{exceeded}; needs {gpus}")
+    return Reason(codes.COHORT_EXHAUSTED, f"{exhausted}; needs {gpus}")
+
+
+def _quota_facts(state: CycleState, member: str, pool: str) -> tuple[int, int | None, str, str]:
+    """(usage, nominal + borrowing limit or None, the two message stems) of a quota reason:
+    over the member's own limit, or nothing left to borrow in its cohort."""
     tree = state.tree
     used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
     limit = tree.borrowing_limit(member, pool)
     limit_text = "unlimited" if limit is None else str(limit)
-    if limit is not None and used + gpus > nominal + limit:
-        return Reason(
-            codes.QUOTA_EXCEEDED,
-            f"member {member} quota in {pool}: {used}/{nominal} in use, borrowing limit "
-            f"{limit_text}; needs {gpus}",
-        )
-    cohort = tree.cohort_of(member) or member
-    return Reason(
-        codes.COHORT_EXHAUSTED,
-        f"nothing lendable in cohort {cohort} for {pool}: member {member} uses "
-        f"{used}/{nominal}, {tree.available(member, pool)} GPUs available; needs {gpus}",
+    exceeded = (
+        f"member {member} quota in {pool}: {used}/{nominal} in use, borrowing limit {limit_text}"
     )
+    cohort = tree.cohort_of(member) or member
+    exhausted = (
+        f"nothing lendable in cohort {cohort} for {pool}: member {member} uses "
+        f"{used}/{nominal}, {tree.available(member, pool)} GPUs available"
+    )
+    return used, None if limit is None else nominal + limit, exceeded, exhausted
 
 
 def rank(reasons: Iterable[Reason]) -> list[Reason]:
@@ -146,40 +164,43 @@ def rank(reasons: Iterable[Reason]) -> list[Reason]:
 
 
 def estimate_etas(state: CycleState, records: list[PendingRecord]) -> list[float | None]:
-    """ETA of each pending record (same order), see the module docstring."""
+    """ETA of each pending record (same order), see the module docstring.
+
+    Pools are independent: each runs its own fluid schedule over its records, in order.
+    """
     now = state.now
-    heaps: dict[str, list[tuple[float, int]]] = {}
-    free: dict[str, int] = {}
-    clock: dict[str, float] = {}
-    for name in state.pools:
+    etas: list[float | None] = [None] * len(records)
+    by_pool: dict[str, list[int]] = {name: [] for name in state.pools}
+    for i, record in enumerate(records):
+        pool = record.eta_pool
+        if record.no_eta or pool is None or record.eta is not None:
+            etas[i] = record.eta
+        else:
+            by_pool[pool].append(i)
+    heappop, heappush = heapq.heappop, heapq.heappush
+    for name, positions in by_pool.items():
+        if not positions:
+            continue
         releases = [(r.end, r.gpus) for r in state.running(name) if not r.claimed]
         releases.extend((end, sum(g for _, g in pl)) for end, pl in state.admitted_ends[name])
         heapq.heapify(releases)
-        heaps[name] = releases
         reservation = state.reservations.get(name)
-        held = sum(reservation.held.values()) if reservation else 0
-        free[name] = state.index[name].free_total + held
-        clock[name] = now
-    etas: list[float | None] = []
-    for record in records:
-        pool = record.eta_pool
-        if record.no_eta or pool is None or record.eta is not None:
-            etas.append(record.eta)
-            continue
-        need = record.job.gpus
-        if need > state.index[pool].capacity:
-            etas.append(None)
-            continue
-        heap = heaps[pool]
-        while free[pool] < need and heap:
-            end, gpus = heapq.heappop(heap)
-            clock[pool] = max(clock[pool], end)
-            free[pool] += gpus
-        if free[pool] < need:
-            etas.append(None)
-            continue
-        start = clock[pool]
-        free[pool] -= need
-        heapq.heappush(heap, (start + record.job.max_runtime, need))
-        etas.append(start)
+        index = state.index[name]
+        free = index.free_total + (sum(reservation.held.values()) if reservation else 0)
+        capacity, clock = index.capacity, now
+        for i in positions:
+            job = records[i].job
+            need = job.gpus
+            if need > capacity:
+                continue  # never fits: no estimate
+            while free < need and releases:
+                end, gpus = heappop(releases)
+                if end > clock:
+                    clock = end
+                free += gpus
+            if free < need:
+                continue
+            free -= need
+            heappush(releases, (clock + job.max_runtime, need))
+            etas[i] = clock
     return etas

@@ -24,6 +24,11 @@ class Head:
     priority: int
     preemptible: bool
     shapes: tuple[tuple[str, Shape | None], ...]
+    # (member, priority, preemptible, id of the shapes tuple): what makes two heads fail
+    # alike, hashed once per lookup without re-hashing the shapes (see ``_Cycle._signature``).
+    key: tuple[str, int, bool, int]
+    # Order inside the member's queue: higher priority first, then FIFO, then job id.
+    order: tuple[int, float, str]
 
 
 def queue_heads(snapshot: Snapshot) -> tuple[list[Head], list[PendingRecord]]:
@@ -37,8 +42,10 @@ def queue_heads(snapshot: Snapshot) -> tuple[list[Head], list[PendingRecord]]:
     shape_cache: dict[tuple[str, int, int | None, bool], tuple[str, Shape | None]] = {}
     # Jobs asking the same thing share one shapes tuple (cheaper to hash in the memos).
     shapes_of: dict[
-        tuple[tuple[str, ...], int, int | None, bool], tuple[tuple[str, Shape | None], ...]
+        tuple[tuple[str, ...], int, int | None, bool],
+        tuple[tuple[tuple[str, Shape | None], ...], int],
     ] = {}
+    shape_ids: dict[tuple[tuple[str, Shape | None], ...], int] = {}
     # No sort needed: member queues sort on a total order ending in the job id.
     for job in snapshot.pending:
         pclass = classes.get(job.priority_class)
@@ -52,12 +59,15 @@ def queue_heads(snapshot: Snapshot) -> tuple[list[Head], list[PendingRecord]]:
             reason = Reason(codes.INVALID_REQUEST, problem)
             invalid.append(PendingRecord(job, [reason], None, None, True))
             continue
-        shapes = shapes_of.get((job.allowed_pools, job.gpus, job.nodes, job.same_domain))
-        if shapes is None:
+        request = (job.allowed_pools, job.gpus, job.nodes, job.same_domain)
+        found = shapes_of.get(request)
+        if found is None:
             shapes = tuple(
                 _shape(shape_cache, job, pools[p]) for p in job.allowed_pools if p in pools
             )
-            shapes_of[(job.allowed_pools, job.gpus, job.nodes, job.same_domain)] = shapes
+            # Equal shapes tuples (e.g. nodes None or 1) share one id.
+            found = shapes_of[request] = (shapes, shape_ids.setdefault(shapes, len(shape_ids)))
+        shapes, shapes_id = found
         if not shapes:
             reason = Reason(
                 codes.NO_ALLOWED_POOL,
@@ -65,7 +75,17 @@ def queue_heads(snapshot: Snapshot) -> tuple[list[Head], list[PendingRecord]]:
             )
             invalid.append(PendingRecord(job, [reason], None, None, True))
             continue
-        heads.append(Head(job, pclass.value, pclass.preemptible, shapes))
+        value, preemptible = pclass.value, pclass.preemptible
+        heads.append(
+            Head(
+                job,
+                value,
+                preemptible,
+                shapes,
+                (job.member, value, preemptible, shapes_id),
+                (-value, job.submitted_at, job.job_id),
+            )
+        )
     return heads, invalid
 
 

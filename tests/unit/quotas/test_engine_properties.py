@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from quotas import decisions as codes
 from quotas.budgets import headroom_gpu_hours, job_cost_gpu_hours
 from quotas.decisions import Decisions
-from quotas.engine import admit
+from quotas.engine import admit, run_cycle
 from quotas.snapshot import (
     Budget,
     Cohort,
@@ -385,3 +385,70 @@ def test_explanations_do_not_change_decisions(world: World, seed: int) -> None:
         world.apply(full, now)
         now += rng.choice([30.0, 300.0, 1800.0])
         world.advance(now)
+
+
+@PROPERTY
+@given(worlds(), st.integers(0, 2), st.integers(0, 1000))
+def test_closed_world_shortcut_does_not_change_anything(
+    world: World, attempts: int, seed: int
+) -> None:
+    """Once every pool refuses every request on quota and no victim search is left, the
+    tournament settles the rest from memos (``_Cycle._run_closed``): the decisions,
+    reasons, positions and ETAs must be exactly those of the full search."""
+    world.config = replace(world.config, max_preemption_attempts=attempts)
+    rng = random.Random(seed)
+    now = 1000.0
+    for _ in range(3):
+        snapshot = world.snapshot()
+        eager = run_cycle(snapshot, now, closed_check=1)
+        assert eager.decisions() == run_cycle(snapshot, now, closed_check=None).decisions()
+        decisions = eager.decisions()
+        for adm in decisions.admitted:
+            world.actual[adm.job_id] = world.pending[adm.job_id].max_runtime * rng.uniform(0.2, 1)
+        world.apply(decisions, now)
+        now += rng.choice([30.0, 300.0])
+        world.advance(now)
+
+
+def test_closed_world_is_found_and_settles_the_queue_like_the_full_search() -> None:
+    """A saturated cohort (everything borrowed, no victim search left) with a long queue of
+    mixed shapes, priorities and budgets: the shortcut kicks in and changes nothing."""
+    pools = (Pool("a", "H200", 8), Pool("b", "H100", 8))
+    nodes = {
+        f"{p.name}-{i}": Node(f"{p.name}-{i}", p.name, f"{p.name}-d{i // 2}", 8, 8)
+        for p in pools
+        for i in range(4)
+    }
+    members = tuple(
+        Member(
+            f"m{i}",
+            "root",
+            {"a": Quota(8), "b": Quota(8)},
+            budget=Budget(0.0, 1e9, 40.0) if i % 2 else None,
+        )
+        for i in range(4)
+    )
+    world = World(pools, nodes, members, EngineConfig(max_preemption_attempts=1))
+    rng = random.Random(7)
+    for j in range(400):
+        world.pending[f"j{j:03d}"] = PendingWorkload(
+            f"j{j:03d}",
+            f"m{rng.randrange(4)}",
+            rng.choice([1, 2, 4, 8, 16]),
+            rng.choice([c.name for c in CLASSES]),
+            float(j),
+            float(rng.choice([600, 3600, 7200])),
+            tuple(rng.sample(["a", "b"], rng.randint(1, 2))),
+            same_domain=rng.random() < 0.5,
+        )
+    snapshot = world.snapshot()
+    eager = run_cycle(snapshot, 1000.0)
+    assert eager.closed_at is not None and eager.closed_at < 400 - 64
+    decisions = eager.decisions()
+    assert decisions == run_cycle(snapshot, 1000.0, closed_check=None).decisions()
+    assert len(decisions.admitted) + len(decisions.pending) == 400
+    assert {r.code for p in decisions.pending for r in p.reasons} >= {
+        codes.COHORT_EXHAUSTED,
+        codes.BUDGET_EXHAUSTED,
+        codes.QUEUE_POSITION,
+    }
