@@ -74,11 +74,11 @@ def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
     return run_cycle(snapshot, now).decisions()
 
 
-def run_cycle(snapshot: Snapshot, now: float, closed_check: int | None = 64) -> _Cycle:
+def run_cycle(snapshot: Snapshot, now: float, closed_check: int | None = 8) -> _Cycle:
     """Phases 1-5 over ``snapshot``; the cycle's ``decisions()`` assembles the output.
 
-    ``closed_check``: failures in a row after which the tournament looks for the closed
-    world (see ``_Cycle._world_closed``), doubling after each look; ``None`` never looks.
+    ``closed_check``: failures in a row after which the tournament looks (again) for the
+    closed world (see ``_Cycle._world_closed``); ``None`` never looks.
     The shortcut changes nothing in the decisions; tests compare both ways.
     """
     # 1. Heads.
@@ -108,7 +108,7 @@ _TryFn = Callable[[Head], None]
 class _Cycle:
     """Phases 3-5 over one :class:`CycleState`, accumulating decisions."""
 
-    def __init__(self, state: CycleState, closed_check: int | None = 64):
+    def __init__(self, state: CycleState, closed_check: int | None = 8):
         self.state = state
         self.closed_check = closed_check
         self.closed_at: int | None = None  # waiting jobs when the world was found closed
@@ -130,7 +130,9 @@ class _Cycle:
         self._room_left = True  # some member may still have unused nominal quota (shrinks)
         # Usage changes (admissions, preemption promises) so far, for the closed-world watch.
         self._changes = 0
-        self._closed_keys: dict[tuple[str, int, bool, int], tuple[int, float]] = {}
+        self._member_names = list(state.members)
+        self._open_witness: dict[str, int] = {}
+        self._closed_keys: dict[tuple[str, int], tuple[int, float]] = {}
         self._closed_reasons: dict[
             tuple[str, bool, int], tuple[list[Reason | Deferred], str | None]
         ] = {}
@@ -172,8 +174,7 @@ class _Cycle:
             default=0,
         )
         nuri = try_head == self.try_nuri
-        # Watch for the closed world (see ``_world_closed``) after runs of failures, checking
-        # after 64, then 128, 256 ... failures in a row so the checks stay cheap.
+        # Watch for the closed world (see ``_world_closed``) every few failures in a row.
         check_after = self.closed_check or 0
         watch, seen, misses = nuri and check_after > 0, 0, 0
         while heap:
@@ -196,7 +197,7 @@ class _Cycle:
                                     heapq.heappush(heap, (self._closed_key(queue[-1]), member))
                                 self._run_closed(queues, heap)
                                 return
-                            misses, check_after = 0, check_after * 2
+                            misses = 0
             if queue:
                 heapq.heappush(heap, (key_of(queue[-1]), member))
 
@@ -228,17 +229,27 @@ class _Cycle:
         state = self.state
         if state.preemption_attempts < state.config.max_preemption_attempts:
             return False
-        tree, smallest = state.tree, self._smallest_request
-        return not any(
-            tree.available(m, pool) >= smallest for pool in state.index for m in state.members
-        )
+        # Per pool, the first member (in name order) that may still take the smallest
+        # request: availability only shrinks, so the scan resumes there and the checks of a
+        # whole cycle cost O(members x pools) in all.
+        tree, smallest, members = state.tree, self._smallest_request, self._member_names
+        witness = self._open_witness
+        for pool in state.index:
+            i = witness.get(pool, 0)
+            while i < len(members) and tree.available(members[i], pool) < smallest:
+                i += 1
+            witness[pool] = i
+            if i < len(members):
+                return False
+        return True
 
     def _closed_key(self, head: Head) -> TournamentKey:
         """:meth:`nuri_key` in the closed world, where usage and scores no longer change:
-        its first two parts depend only on the member and shapes (memo by ``head.key``)."""
-        found = self._closed_keys.get(head.key)
+        its first two parts depend only on the member and the shapes."""
+        memo = (head.job.member, head.key[3])
+        found = self._closed_keys.get(memo)
         if found is None:
-            found = self._closed_keys[head.key] = self.nuri_key(head)[:2]
+            found = self._closed_keys[memo] = self.nuri_key(head)[:2]
         return found + head.order
 
     def _run_closed(
@@ -256,7 +267,7 @@ class _Cycle:
         state = self.state
         failed, waiting, headroom = self._failed_heads, self.waiting, state.headroom
         reservations, now = state.reservations, state.now  # no reservation can be added now
-        outcomes, signature, key_of = self._closed_reasons, self._signature, self._closed_key
+        outcomes, signature, prefixes = self._closed_reasons, self._signature, self._closed_keys
         while heap:
             member = heap[0][1]
             queue = queues[member]
@@ -295,7 +306,11 @@ class _Cycle:
             # Keys no longer change: the member stays on top while its next head is still the
             # smallest (a borrowing member's heads come out in a run), else one heap swap.
             if queue:
-                entry = (key_of(queue[-1]), member)
+                head = queue[-1]
+                prefix = prefixes.get((member, head.key[3]))
+                if prefix is None:
+                    prefix = prefixes[(member, head.key[3])] = self.nuri_key(head)[:2]
+                entry = (prefix + head.order, member)
                 if len(heap) > 1 and min(heap[1:3]) < entry:
                     heapq.heapreplace(heap, entry)
                 else:
