@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
-from sqlalchemy import update
 from sqlmodel import Session, col
 
 from controlplane import tokens
@@ -72,6 +72,25 @@ class Principal:
         return self.member_id
 
 
+# Columns, not entities, built once with a bound parameter: this runs on every request, and
+# ORM loading or building the statement anew each time would cost more than the query itself.
+_TOKEN_LOOKUP = (
+    sa_select(
+        col(ApiToken.id),
+        col(ApiToken.scopes),
+        col(ApiToken.expires_at),
+        col(ApiToken.revoked_at),
+        col(ApiToken.last_used_at),
+        col(User.id),
+        col(User.member_id),
+        col(User.role),
+        col(User.disabled),
+    )
+    .join(User, col(User.id) == col(ApiToken.user_id))
+    .where(col(ApiToken.token_hash) == bindparam("token_hash"))
+)
+
+
 def default_scopes(role: Role) -> list[str]:
     if role is Role.PLATFORM_ADMIN:
         return ["read", "write", "admin"]
@@ -120,22 +139,7 @@ def authenticate(
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     if secret.startswith(tokens.PREFIX) and not tokens.well_formed(secret):
         raise Unauthenticated("invalid or expired token")
-    # Columns, not entities: this runs on every request and ORM loading doubles its cost.
-    row = session.execute(
-        sa_select(
-            col(ApiToken.id),
-            col(ApiToken.scopes),
-            col(ApiToken.expires_at),
-            col(ApiToken.revoked_at),
-            col(ApiToken.last_used_at),
-            col(User.id),
-            col(User.member_id),
-            col(User.role),
-            col(User.disabled),
-        )
-        .join(User, col(User.id) == col(ApiToken.user_id))
-        .where(col(ApiToken.token_hash) == tokens.digest(secret))
-    ).first()
+    row = session.connection().execute(_TOKEN_LOOKUP, {"token_hash": tokens.digest(secret)}).first()
     if row is None:
         raise Unauthenticated("invalid or expired token")
     token_id, scopes, expires_at, revoked_at, last_used_at, user_id, member_id, role, disabled = row
