@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, select
 
 from controlplane.audit import chain, signing
@@ -25,7 +27,7 @@ _HEAD = AuditHead.__table__  # type: ignore[attr-defined]
 _BUMP = (
     update(_HEAD)
     .where(_HEAD.c.stream == bindparam("stream_key"))
-    .values(seq=_HEAD.c.seq + 1)
+    .values(seq=_HEAD.c.seq + bindparam("count"))
     .returning(_HEAD.c.seq, _HEAD.c.hash)
 )
 _SET_HASH = (
@@ -34,26 +36,78 @@ _SET_HASH = (
 _INSERT_EVENT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
-def _next_position(session: Session, stream: str) -> tuple[int, str]:
-    """(seq, prev_hash) for a new event, taking the stream's lock first.
+def _reserve(conn: Connection, stream: str, count: int) -> tuple[int, str]:
+    """(first seq, prev_hash) for ``count`` new events, taking the stream's lock first.
 
     The UPDATE comes before any read so that it is the statement that acquires the lock: a
     concurrent appender waits here and then sees the committed head, never a stale one.
     """
-    conn = session.connection()
-    row = conn.execute(_BUMP, {"stream_key": stream}).first()
+    params = {"stream_key": stream, "count": count}
+    row = conn.execute(_BUMP, params).first()
     if row is None:
         # First event of this stream: create its head (idempotently, another transaction may
         # be doing the same) and take the lock the normal way.
-        dialect = session.get_bind().dialect.name
-        ins = pg_insert(AuditHead) if dialect == "postgresql" else sqlite_insert(AuditHead)
-        session.execute(
-            ins.values(stream=stream, seq=0, hash=chain.GENESIS).on_conflict_do_nothing()
+        ins = (
+            pg_insert(AuditHead) if conn.dialect.name == "postgresql" else sqlite_insert(AuditHead)
         )
-        row = conn.execute(_BUMP, {"stream_key": stream}).first()
+        conn.execute(ins.values(stream=stream, seq=0, hash=chain.GENESIS).on_conflict_do_nothing())
+        row = conn.execute(_BUMP, params).first()
         if row is None:
             raise RuntimeError(f"audit stream {stream!r} has no head row")
-    return int(row[0]), str(row[1])
+    return int(row[0]) - count + 1, str(row[1])
+
+
+def entry(
+    actor: Principal | None,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    stream: str,
+    now: datetime,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fields of one event, before ``append`` gives it its place in the stream."""
+    return {
+        "stream": stream,
+        "at": now,
+        "actor": actor.user_id if actor else SYSTEM_ACTOR,
+        "actor_role": actor.role.value if actor else None,
+        "source_ip": actor.source_ip if actor else None,
+        "request_id": actor.request_id if actor else None,
+        "trace_id": actor.trace_id if actor else None,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "outcome": outcome,
+        "details": details or {},
+    }
+
+
+def append(
+    conn: Connection, stream: str, entries: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Append ``entries`` (from ``entry``, all of ``stream``) in order, in the connection's
+    transaction, under one lock of the stream's head; returns each event's chained fields.
+
+    The caller commits (or rolls back) the events together with the changes they record.
+    """
+    seq, prev = _reserve(conn, stream, len(entries))
+    events: list[dict[str, Any]] = []
+    for item in entries:
+        if item["stream"] != stream:
+            raise ValueError(f"an event of stream {item['stream']!r} appended to {stream!r}")
+        now: datetime = item["at"]
+        fields = {**item, "seq": seq, "at": chain.timestamp(now), "prev_hash": prev}
+        prev = chain.event_hash(fields)
+        events.append({**fields, "hash": prev})
+        seq += 1
+    conn.execute(
+        _INSERT_EVENT, [{**e, "at": i["at"]} for e, i in zip(events, entries, strict=True)]
+    )
+    conn.execute(_SET_HASH, {"stream_key": stream, "head": prev})
+    return events
 
 
 def record(
@@ -73,28 +127,17 @@ def record(
     ``stream`` is a member id or ``platform``. The caller commits (or rolls back) the event
     together with the change it records.
     """
-    seq, prev = _next_position(session, stream)
-    fields: dict[str, Any] = {
-        "stream": stream,
-        "seq": seq,
-        "at": chain.timestamp(now),
-        "actor": actor.user_id if actor else SYSTEM_ACTOR,
-        "actor_role": actor.role.value if actor else None,
-        "source_ip": actor.source_ip if actor else None,
-        "request_id": actor.request_id if actor else None,
-        "trace_id": actor.trace_id if actor else None,
-        "action": action,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "outcome": outcome,
-        "details": details or {},
-        "prev_hash": prev,
-    }
-    digest = chain.event_hash(fields)
-    conn = session.connection()
-    conn.execute(_INSERT_EVENT, {**fields, "at": now, "hash": digest})
-    conn.execute(_SET_HASH, {"stream_key": stream, "head": digest})
-    return {**fields, "hash": digest}
+    item = entry(
+        actor,
+        action,
+        resource_type,
+        resource_id,
+        stream=stream,
+        now=now,
+        outcome=outcome,
+        details=details,
+    )
+    return append(session.connection(), stream, [item])[0]
 
 
 def stream_for(member_id: str | None) -> str:
