@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -33,15 +33,11 @@ from controlplane.errors import (
     InvalidTransition,
 )
 from controlplane.jobstate import TERMINAL, JobStatus, transition
-from controlplane.services import catalog, lookup, paging
+from controlplane.services import catalog, group_commit, lookup, paging
 
 # Base models every member may name; anything else must be a registered model dataset.
 BASE_MODELS = frozenset(residency.BASE_MODEL_JURISDICTION)
 MAX_CONFIG_BYTES = 64 * 1024
-
-
-_INSERT_JOB = insert(Job)
-_INSERT_EVENT = insert(JobEvent)
 
 
 def request_hash(body: schemas.JobCreate) -> str:
@@ -245,7 +241,7 @@ def submit(
         )
         session.commit()
         raise
-    # Core inserts, not ORM objects: building two SQLModel table instances costs more than the
+    # Core rows, not ORM objects: building two SQLModel table instances costs more than the
     # rest of a submission together, and this is the API's hottest write.
     row: dict[str, Any] = {
         "id": new_id("job"),
@@ -281,44 +277,46 @@ def submit(
         "started_at": None,
         "finished_at": None,
     }
+    event: dict[str, Any] = {
+        "job_id": row["id"],
+        "at": now,
+        "type": "submitted",
+        "from_status": None,
+        "to_status": JobStatus.QUEUED.value,
+        "attempt": 1,
+        "actor": caller.user_id,
+        "message": "job submitted",
+        "details": {"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
+    }
+    audit = audit_log.entry(
+        caller,
+        "job.submit",
+        "job",
+        row["id"],
+        stream=member_id,
+        now=now,
+        details={
+            "kind": row["kind"],
+            "model": body.model,
+            "inputs": input_ids,
+            "gpus": body.gpus,
+            "nodes": nodes,
+            "priority_class": body.priority_class,
+            "allowed_pools": body.allowed_pools,
+            "idempotency_key": idempotency_key,
+        },
+    )
+    pending = group_commit.Pending(row, event, audit)
     try:
-        # Parameters apart from the statement, so its compiled form is cached and reused.
-        conn = session.connection()
-        conn.execute(_INSERT_JOB, row)
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "job_id": row["id"],
-                "at": now,
-                "type": "submitted",
-                "from_status": None,
-                "to_status": JobStatus.QUEUED.value,
-                "attempt": 1,
-                "actor": caller.user_id,
-                "message": "job submitted",
-                "details": {"gpus": body.gpus, "nodes": nodes, "gpus_per_node": per_node},
-            },
-        )
-        audit_log.record(
-            session,
-            caller,
-            "job.submit",
-            "job",
-            row["id"],
-            stream=member_id,
-            now=now,
-            details={
-                "kind": row["kind"],
-                "model": body.model,
-                "inputs": input_ids,
-                "gpus": body.gpus,
-                "nodes": nodes,
-                "priority_class": body.priority_class,
-                "allowed_pools": body.allowed_pools,
-                "idempotency_key": idempotency_key,
-            },
-        )
-        session.commit()
+        bind = session.get_bind()
+        if isinstance(bind, Engine):
+            # The reads are done: end this session's transaction (it holds a connection, and
+            # on SQLite a snapshot) and commit the rows with whatever else is being submitted.
+            session.commit()
+            group_commit.write(bind, pending)
+        else:  # a session bound to one connection: its own transaction is the only one
+            group_commit.insert_rows(session.connection(), [pending])
+            session.commit()
     except IntegrityError:
         # Two submissions with one key raced; the loser replays the winner's job.
         session.rollback()
