@@ -125,13 +125,13 @@ class _Cycle:
         self._ever_cache: dict[tuple[str, Shape], bool] = {}
         self._no_shadow: set[tuple[str, Shape]] = set()
         self._failed_heads: dict[tuple[object, ...], PendingRecord] = {}
-        self._max_available: dict[str, int] = {}
         self._smallest_request = 0
-        self._room_left = True  # some member may still have unused nominal quota (shrinks)
         # Usage changes (admissions, preemption promises) so far, for the closed-world watch.
         self._changes = 0
         self._member_names = list(state.members)
         self._open_witness: dict[str, int] = {}
+        self._nominal_pairs = [(m, p) for m in state.members for p in state.index]
+        self._room_witness = 0
         self._closed_keys: dict[tuple[str, int], tuple[int, float]] = {}
         self._closed_reasons: dict[
             tuple[str, bool, int], tuple[list[Reason | Deferred], str | None]
@@ -229,19 +229,7 @@ class _Cycle:
         state = self.state
         if state.preemption_attempts < state.config.max_preemption_attempts:
             return False
-        # Per pool, the first member (in name order) that may still take the smallest
-        # request: availability only shrinks, so the scan resumes there and the checks of a
-        # whole cycle cost O(members x pools) in all.
-        tree, smallest, members = state.tree, self._smallest_request, self._member_names
-        witness = self._open_witness
-        for pool in state.index:
-            i = witness.get(pool, 0)
-            while i < len(members) and tree.available(members[i], pool) < smallest:
-                i += 1
-            witness[pool] = i
-            if i < len(members):
-                return False
-        return True
+        return all(self._quota_closed(pool) for pool in state.index)
 
     def _closed_key(self, head: Head) -> TournamentKey:
         """:meth:`nuri_key` in the closed world, where usage and scores no longer change:
@@ -339,23 +327,28 @@ class _Cycle:
         return reasons, first_pool
 
     def _quota_closed(self, pool: str) -> bool:
-        # Availability only shrinks during a cycle, so a cached maximum is an upper bound.
-        best = self._max_available.get(pool)
-        if best is None:
-            tree = self.state.tree
-            best = max((tree.available(m, pool) for m in self.state.members), default=0)
-            self._max_available[pool] = best
-        return best < self._smallest_request
+        """No member may take even the smallest request in ``pool`` any more.
+
+        Per pool, the scan keeps the first member (in name order) that still may:
+        availability only shrinks during a cycle, so it resumes there, and all the checks
+        of a cycle cost O(members x pools) together.
+        """
+        tree, smallest, members = self.state.tree, self._smallest_request, self._member_names
+        i = self._open_witness.get(pool, 0)
+        while i < len(members) and tree.available(members[i], pool) < smallest:
+            i += 1
+        self._open_witness[pool] = i
+        return i == len(members)
 
     def _nominal_room_left(self) -> bool:
-        if self._room_left:
-            tree, smallest = self.state.tree, self._smallest_request
-            self._room_left = any(
-                tree.unused_nominal(m, p) >= smallest
-                for m in self.state.members
-                for p in self.state.index
-            )
-        return self._room_left
+        """Some member still has unused nominal quota for the smallest request somewhere
+        (usage only grows during a cycle: the same resumable scan as ``_quota_closed``)."""
+        tree, smallest, pairs = self.state.tree, self._smallest_request, self._nominal_pairs
+        i = self._room_witness
+        while i < len(pairs) and tree.unused_nominal(*pairs[i]) < smallest:
+            i += 1
+        self._room_witness = i
+        return i < len(pairs)
 
     def _nothing_left_to_decide(self, key: TournamentKey, top_priority: int) -> bool:
         """True when no remaining head can be admitted, preempt or reserve (exactly).
