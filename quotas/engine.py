@@ -48,7 +48,7 @@ from quotas.explain import (
     relative,
 )
 from quotas.placement import Placement, Shape, describe_shape
-from quotas.preemption import plan_preemption, victim_floor
+from quotas.preemption import claim, plan_preemption, victim_floor
 from quotas.queues import Head, queue_heads
 from quotas.snapshot import Snapshot, validate
 
@@ -576,8 +576,7 @@ class _Cycle:
         leaving = [
             r.job.preempting_until for r in plan.victims if r.job.preempting_until is not None
         ]
-        for record in plan.victims:
-            record.claimed = True
+        claim(state, pool, plan.victims)
         kind = codes.RECLAIM if plan.reclaim else codes.PRIORITY
         if fresh:
             why = (

@@ -19,7 +19,8 @@ A reclaim never takes a member below its nominal quota. After the first set that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from quotas.cycle import CycleState, RunningRecord
 from quotas.placement import Placement, Shape
@@ -71,12 +72,21 @@ def eligible_victims(state: CycleState, pool: str) -> list[RunningRecord]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VictimFloor:
-    """Cheap bounds on a pool's victims: any already leaving, and the lowest priority."""
+    """Cheap bounds on a pool's victims, from the snapshot rows: any already leaving, the
+    lowest priority, and GPUs still unclaimed this cycle -- of the jobs already leaving and,
+    per member, of the other jobs that may be victims. :func:`claim` lowers the GPU counts,
+    so they stay upper bounds of what a search can find."""
 
     leaving: bool
     priority: int
+    leaving_gpus: int = 0
+    member_gpus: dict[str, int] = field(default_factory=dict)
+    # Sum of ``member_gpus`` over the members that borrow in the pool, as of quota tree
+    # version ``borrowers_at`` (-1: stale).
+    borrowers_gpus: int = 0
+    borrowers_at: int = -1
 
 
 def victim_floor(state: CycleState, pool: str) -> VictimFloor:
@@ -86,22 +96,73 @@ def victim_floor(state: CycleState, pool: str) -> VictimFloor:
         # Straight from the snapshot rows: cheaper than building the records it guards.
         cfg, now = state.config, state.now
         rank = {c.name: (c.value, c.preemptible) for c in state.classes.values()}
-        leaving, lowest = False, 1 << 62
+        leaving, lowest, leaving_gpus = False, 1 << 62, 0
+        member_gpus: dict[str, int] = {}
         for job in state.running_jobs:
             if job.pool != pool:
                 continue
             value, preemptible = rank.get(job.priority_class, (0, True))
             if job.preempting_until is not None:
                 leaving = True
+                leaving_gpus += job.gpus
             elif (
                 not preemptible
                 or job.times_preempted >= cfg.max_preemptions
                 or now - job.started_at < cfg.min_runtime
             ):
                 continue
+            else:
+                member_gpus[job.member] = member_gpus.get(job.member, 0) + job.gpus
             lowest = min(lowest, value)
-        found = state.victim_floors[pool] = VictimFloor(leaving, lowest)
+        found = state.victim_floors[pool] = VictimFloor(leaving, lowest, leaving_gpus, member_gpus)
     return found
+
+
+def claim(state: CycleState, pool: str, victims: Iterable[RunningRecord]) -> None:
+    """Mark victims as promised to a preemptor this cycle (nobody else may count on them)."""
+    floor = victim_floor(state, pool)
+    for record in victims:
+        record.claimed = True
+        if record.job.preempting_until is not None:
+            floor.leaving_gpus -= record.gpus
+        else:
+            member = record.job.member
+            floor.member_gpus[member] = floor.member_gpus.get(member, 0) - record.gpus
+    floor.borrowers_at = -1
+
+
+def cannot_preempt(
+    state: CycleState, member: str, pool: str, gpus: int, priority: int, in_nominal: bool
+) -> bool:
+    """True when no victim set can make room for ``gpus`` more GPUs of ``member``.
+
+    A necessary condition of :func:`plan_preemption` (so it never rejects a plan the search
+    would find), in O(1) while usage does not change: even every unclaimed victim the
+    search could pick -- leaving jobs; other members' work while they borrow, when the job
+    reclaims or outranks it; the member's own lower-priority work -- frees too few GPUs, or
+    too little quota (each GPU a victim gives back raises the member's availability by at
+    most one).
+    """
+    floor = victim_floor(state, pool)
+    tree = state.tree
+    bound = floor.leaving_gpus
+    outranks = priority > floor.priority
+    if in_nominal or outranks:
+        if floor.borrowers_at != tree.version:  # recomputed only after usage changed
+            floor.borrowers_gpus = sum(
+                held
+                for other, held in floor.member_gpus.items()
+                if held > 0 and tree.borrowed(other, pool) > 0
+            )
+            floor.borrowers_at = tree.version
+        own = floor.member_gpus.get(member, 0)
+        bound += floor.borrowers_gpus
+        if own > 0 and tree.borrowed(member, pool) > 0:
+            bound -= own  # the member's own work is no reclaim victim ...
+        if outranks:
+            bound += own  # ... only its lower-priority work is
+    need = gpus - bound
+    return state.index[pool].free_total < need or tree.available(member, pool) < need
 
 
 def plan_preemption(
@@ -122,6 +183,8 @@ def plan_preemption(
     floor = victim_floor(state, pool)
     if not in_nominal and not floor.leaving and priority <= floor.priority:
         return None  # a borrower may only take leaving or lower-priority work: none exists
+    if cannot_preempt(state, member, pool, shape.gpus, priority, in_nominal):
+        return None  # even every possible victim together is not enough
     # Stable partition of the pool's pre-sorted candidates: leaving, other members', own.
     leaving: list[RunningRecord] = []
     others: list[RunningRecord] = []

@@ -131,6 +131,7 @@ class QuotaTree:
         self._nominal = shape.nominal
         n = len(self._parent)
         self._usage: dict[str, list[int]] = {p: [0] * n for p in pools}
+        self.version = 0  # bumped by every usage change, for callers' caches
 
     # -- queries -------------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class QuotaTree:
         """Add (or, with negative ``gpus``, remove) usage and propagate it up the tree."""
         if pool not in self._usage:
             return
+        self.version += 1
         node = self.member_index[member]
         use, guar = self._usage[pool], self._guaranteed[pool]
         delta = gpus
