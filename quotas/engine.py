@@ -26,6 +26,7 @@ so the simulator compares policies through the same code.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable
 from itertools import count
@@ -70,8 +71,20 @@ def admit(snapshot: Snapshot, now: float) -> Decisions:
 
 def admit_validated(snapshot: Snapshot, now: float) -> Decisions:
     """:func:`admit` without the structural check, for a caller that built the snapshot from
-    an already validated structure (the simulator validates its cluster once, not per cycle)."""
-    return run_cycle(snapshot, now).decisions()
+    an already validated structure (the simulator validates its cluster once, not per cycle).
+
+    The cycle allocates tens of thousands of short-lived objects and creates no reference
+    cycles, so the cyclic garbage collector is paused while it runs: its passes over the
+    live snapshot cost about a sixth of a 10k-job cycle and would find nothing to free.
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return run_cycle(snapshot, now).decisions()
+    finally:
+        if paused:
+            gc.enable()
 
 
 def run_cycle(snapshot: Snapshot, now: float, closed_check: int | None = 8) -> _Cycle:

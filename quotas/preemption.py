@@ -172,10 +172,12 @@ def plan_preemption(
     shape: Shape,
     priority: int,
     preemptible: bool,
+    bound: bool = True,
 ) -> PreemptionPlan | None:
     """Find victims in ``pool`` so that ``job`` fits; None when no eligible set exists.
 
-    Leaves the cycle state exactly as it found it.
+    Leaves the cycle state exactly as it found it. ``bound=False`` skips the
+    :func:`cannot_preempt` shortcut (tests check that it never changes the answer).
     """
     tree = state.tree
     member = job.member
@@ -183,7 +185,7 @@ def plan_preemption(
     floor = victim_floor(state, pool)
     if not in_nominal and not floor.leaving and priority <= floor.priority:
         return None  # a borrower may only take leaving or lower-priority work: none exists
-    if cannot_preempt(state, member, pool, shape.gpus, priority, in_nominal):
+    if bound and cannot_preempt(state, member, pool, shape.gpus, priority, in_nominal):
         return None  # even every possible victim together is not enough
     # Stable partition of the pool's pre-sorted candidates: leaving, other members', own.
     leaving: list[RunningRecord] = []

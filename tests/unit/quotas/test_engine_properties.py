@@ -8,6 +8,7 @@ every cycle, not just the first.
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import dataclass, field, replace
 
@@ -16,8 +17,11 @@ from hypothesis import strategies as st
 
 from quotas import decisions as codes
 from quotas.budgets import headroom_gpu_hours, job_cost_gpu_hours
+from quotas.cycle import CycleState
 from quotas.decisions import Decisions
 from quotas.engine import admit, run_cycle
+from quotas.placement import shape_for
+from quotas.preemption import cannot_preempt, claim, plan_preemption
 from quotas.snapshot import (
     Budget,
     Cohort,
@@ -452,3 +456,69 @@ def test_closed_world_is_found_and_settles_the_queue_like_the_full_search() -> N
         codes.BUDGET_EXHAUSTED,
         codes.QUEUE_POSITION,
     }
+
+
+def test_a_cycle_leaves_no_cyclic_garbage_and_restores_the_collector() -> None:
+    """``admit`` pauses the cyclic garbage collector while it runs (see
+    ``admit_validated``); that is only sound if a cycle creates no reference cycles."""
+    world = World(
+        (Pool("a", "H200", 8),),
+        {f"a-{i}": Node(f"a-{i}", "a", f"d{i // 4}", 8, 8) for i in range(16)},
+        tuple(Member(f"m{i}", "root", {"a": Quota(16)}) for i in range(4)),
+        EngineConfig(max_preemption_attempts=4),
+    )
+    rng = random.Random(3)
+    for j in range(300):
+        world.pending[f"j{j:03d}"] = PendingWorkload(
+            f"j{j:03d}", f"m{j % 4}", rng.choice([1, 4, 8, 16]), "train", float(j), 3600.0, ("a",)
+        )
+    now = 1000.0
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            decisions = admit(world.snapshot(), now)
+            for adm in decisions.admitted:
+                world.actual[adm.job_id] = 600.0
+            world.apply(decisions, now)
+            now += 700.0
+            world.advance(now)
+        assert not gc.isenabled(), "admit must restore the collector as it found it"
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    admit(world.snapshot(), now)
+    assert gc.isenabled()
+
+
+@PROPERTY
+@given(worlds(), st.integers(0, 1000))
+def test_preemption_bound_never_rejects_a_plan_the_search_finds(world: World, seed: int) -> None:
+    """``cannot_preempt`` is only a shortcut: whenever it says no, the full victim search
+    (without it) finds nothing either -- after claims made earlier in the cycle too."""
+    rng = random.Random(seed)
+    now = 1000.0
+    for _ in range(3):
+        snapshot = world.snapshot()
+        state = CycleState(snapshot, now)
+        classes = {c.name: c for c in CLASSES}
+        for job in snapshot.pending:
+            pclass = classes[job.priority_class]
+            for pool in job.allowed_pools:
+                shape = shape_for(job, state.pools[pool])
+                if shape is None:
+                    continue
+                in_nominal = state.tree.unused_nominal(job.member, pool) >= shape.gpus
+                args = (state, job, pool, shape, pclass.value, pclass.preemptible)
+                if cannot_preempt(state, job.member, pool, shape.gpus, pclass.value, in_nominal):
+                    assert plan_preemption(*args, bound=False) is None
+                else:
+                    plan = plan_preemption(*args)
+                    if plan is not None and rng.random() < 0.5:
+                        claim(state, pool, plan.victims)  # later jobs see fewer victims
+        decisions = admit(snapshot, now)
+        for adm in decisions.admitted:
+            world.actual[adm.job_id] = world.pending[adm.job_id].max_runtime * rng.uniform(0.2, 1)
+        world.apply(decisions, now)
+        now += rng.choice([300.0, 900.0])
+        world.advance(now)
