@@ -8,8 +8,11 @@ prints a table (or JSON). Everything it reports is computed by the pure engine.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,8 +31,8 @@ from rich.progress import (
 from rich.table import Table
 
 from quotas import simulator
-from quotas.replay_setup import MemberPlan, build_cluster, parse_quota_mapping
-from quotas.simulator import SimulationConfig, SimulationResult
+from quotas.replay_setup import MemberPlan, ReplayCluster, build_cluster, parse_quota_mapping
+from quotas.simulator import PoolReplay, SimulationConfig, SimulationResult
 from quotas.snapshot import POLICIES, Policy
 from quotas.traces import TraceError, TraceJob, read_generic_csv, read_itp_archive
 
@@ -65,6 +68,13 @@ def simulate(
     seed: Annotated[int, typer.Option(help="seed of the tenant derivation (ITP)")] = 0,
     members: Annotated[bool, typer.Option(help="also print per-member tables")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="processes replaying pools in parallel (pools are independent, the results "
+            "are the same); 0 = one per CPU, 1 = in this process"
+        ),
+    ] = 0,
 ) -> None:
     """Replay a job trace through the admission engine in simulated time and compare policies.
 
@@ -87,26 +97,28 @@ def simulate(
     plans = _load_quotas(quotas, out) if quotas is not None else None
     if capacity_scale <= 0:
         _fail(out, "--capacity-scale must be positive")
+    if workers < 0:
+        _fail(out, "--workers must be 0 (one per CPU) or more")
     setup = build_cluster(jobs, capacity_scale=capacity_scale, plans=plans)
+    pools = sorted({j.pool for j in jobs})
+    processes = min(len(pools), workers or os.cpu_count() or 1)
     results: list[tuple[SimulationResult, float]] = []
     for name in policies:
         config = SimulationConfig(policy=name, cycle_interval=cycle_interval)
-        with Progress(
-            TextColumn(f"[bold]{name:>4}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-            transient=as_json,
-        ) as bar:
-            task = bar.add_task(name, total=len(jobs))
-            started = time.perf_counter()
+        started = time.perf_counter()
+        if processes > 1:
+            result = _replay_in_processes(jobs, setup, config, pools, processes, out, as_json)
+        else:
+            with _progress(name, out, as_json) as bar:
+                task = bar.add_task(name, total=len(jobs))
 
-            def advance(done: int, _total: int, bar: Progress = bar, task: TaskID = task) -> None:
-                bar.update(task, completed=done)
+                def advance(
+                    done: int, _total: int, bar: Progress = bar, task: TaskID = task
+                ) -> None:
+                    bar.update(task, completed=done)
 
-            result = simulator.simulate(jobs, setup, config, progress=advance)
-            results.append((result, time.perf_counter() - started))
+                result = simulator.simulate(jobs, setup, config, progress=advance)
+        results.append((result, time.perf_counter() - started))
     if as_json:
         payload: list[dict[str, Any]] = []
         for result, wall in results:
@@ -120,6 +132,48 @@ def simulate(
     if members:
         for result, _ in results:
             out.print(_member_table(result))
+
+
+def _progress(name: str, out: Console, transient: bool) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{name:>4}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=transient,
+    )
+
+
+def _replay_in_processes(
+    jobs: list[TraceJob],
+    setup: ReplayCluster,
+    config: SimulationConfig,
+    pools: list[str],
+    processes: int,
+    out: Console,
+    transient: bool,
+) -> SimulationResult:
+    """One replay per pool in worker processes (largest pools first, so the slowest start at
+    once), combined in pool order exactly as :func:`quotas.simulator.simulate` does."""
+    by_pool: dict[str, list[TraceJob]] = {p: [] for p in pools}
+    for job in jobs:
+        by_pool[job.pool].append(job)
+    done: dict[str, PoolReplay] = {}
+    # Fork before the progress bar starts its refresh thread; workers only compute.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(processes, mp_context=context) as executor:
+        futures = {
+            executor.submit(simulator.replay_pool, by_pool[p], setup, p, config): p
+            for p in sorted(pools, key=lambda p: -len(by_pool[p]))
+        }
+        with _progress(config.policy, out, transient) as bar:
+            task = bar.add_task(config.policy, total=len(jobs))
+            for future in as_completed(futures):
+                pool = futures[future]
+                done[pool] = future.result()
+                bar.advance(task, len(by_pool[pool]))
+    return simulator.combine(config, [done[p] for p in pools])
 
 
 def _policies(text: str, out: Console) -> list[Policy]:

@@ -73,3 +73,30 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "bad_format" in result.output
     bad_policy = runner.invoke(app, ["--trace", str(trace), "--format", "csv", "--policy", "lifo"])
     assert bad_policy.exit_code == 2 and "unknown --policy" in bad_policy.output
+
+
+def test_pools_replayed_in_worker_processes_give_the_same_report(tmp_path: Path) -> None:
+    """``--workers`` runs the independent pools in processes; the numbers must not change."""
+    rows = "".join(
+        f"{i * 7},{1800 + 37 * i},{1 + i % 8},{'abc'[i % 3]},j{i},{('p1', 'p2', 'p3')[i % 3]}\n"
+        for i in range(90)
+    )
+    trace = write(
+        tmp_path, "pools.csv", "submit_time,duration,num_gpus,tenant,job_id,pool\n" + rows
+    )
+    reports = []
+    for workers in ("1", "3"):
+        result = runner.invoke(
+            app,
+            ["--trace", str(trace), "--format", "csv", "--policy", "nuri,drf", "--json"]
+            + ["--workers", workers],
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        for item in report:
+            del item["wall_seconds"]
+        reports.append(report)
+    assert reports[0] == reports[1]
+    assert [r["completed"] for r in reports[1]] == [90, 90]
+    bad = runner.invoke(app, ["--trace", str(trace), "--format", "csv", "--workers", "-1"])
+    assert bad.exit_code == 2 and "--workers" in bad.output
