@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,12 +36,52 @@ def timestamp(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# JSON's exact integers (RFC 8785 refuses the others).
+_SAFE_INT = 2**53 - 1
+
+
+def _plain(value: Any) -> bool:
+    """True when ``json.dumps`` writes ``value`` exactly as RFC 8785 does.
+
+    That holds for null, booleans, strings, safe integers, lists and objects whose keys sort
+    the same by code point as by UTF-16 code unit (no character beyond the BMP): the escapes
+    of strings are the same, and both write UTF-8 as is. Floats (ECMAScript number form),
+    subclasses and everything else go to the reference implementation.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_SAFE_INT <= value <= _SAFE_INT)
+    if kind is dict:
+        return all(
+            type(k) is str and (k.isascii() or max(k) < "\U00010000") and _plain(v)
+            for k, v in value.items()
+        )
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON; the C encoder when its output is the same (see ``_plain``),
+    which is every audit event in practice and several times faster."""
+    if _plain(obj):
+        try:
+            return json.dumps(
+                obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")
+            ).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it too
+            pass
+    return rfc8785.dumps(obj)
+
+
 def canonical(fields: dict[str, Any]) -> bytes:
     """RFC 8785 canonical JSON of the hashed fields (``at`` as text)."""
     obj = {k: fields[k] for k in HASHED_FIELDS}
     if isinstance(obj["at"], datetime):
         obj["at"] = timestamp(obj["at"])
-    return rfc8785.dumps(obj)
+    return canonical_json(obj)
 
 
 def event_hash(fields: dict[str, Any]) -> str:

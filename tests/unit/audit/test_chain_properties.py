@@ -6,6 +6,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -139,3 +140,46 @@ def test_streams_are_independent() -> None:
     by = {s.stream: s for s in report.streams}
     assert by["mem_a"].ok and not by["mem_b"].ok and by["mem_b"].first_bad_seq == 2
     assert not report.ok
+
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(dumps: Any, obj: Any) -> bytes | type[BaseException]:
+    try:
+        out: bytes = dumps(obj)
+    except Exception as exc:
+        return type(exc)
+    return out
+
+
+@given(_JSONISH)
+@settings(max_examples=400, deadline=None)
+def test_canonical_json_is_rfc8785(obj: Any) -> None:
+    # The fast path must write exactly what the reference writes, and refuse what it refuses.
+    assert _outcome(chain.canonical_json, obj) == _outcome(rfc8785.dumps, obj)
+
+
+def test_canonical_json_edge_cases() -> None:
+    for obj in [
+        {"\U0001f600": 1, "\uffff": 2, "a": 3},  # UTF-16 order differs from code points
+        {"k": "\ud800"},  # a lone surrogate is refused
+        {"k": '\x00\x1f\x7f"\\\b\f\n\r\t\u2028é한'},
+        {"n": 2**53 - 1, "m": -(2**53) + 1},
+        {"n": 2**53},
+        {"f": 1.0, "g": 1e21, "h": -0.0},
+        [True, False, None, [], {}],
+    ]:
+        assert _outcome(chain.canonical_json, obj) == _outcome(rfc8785.dumps, obj), obj
