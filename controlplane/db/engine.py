@@ -28,6 +28,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+# The API's thread pool runs up to 40 requests at once. A pool smaller than the usual
+# concurrency closes each connection it cannot keep on return and opens a new one on the next
+# checkout: a forked backend on PostgreSQL, a connect plus the pragmas on SQLite, per request.
+POOL_SIZE = 20
+MAX_OVERFLOW = 20
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine with the right pragmas / pool settings for the backend."""
     if url.startswith("sqlite"):
@@ -38,10 +45,15 @@ def make_engine(url: str) -> Engine:
         else:
             path = url.split("///", 1)[1]
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+            engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 10},
+                pool_size=POOL_SIZE,
+                max_overflow=MAX_OVERFLOW,
+            )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
 
 def alembic_config(url: str) -> Config:
