@@ -102,7 +102,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return {"status": "ok", "database": engine.dialect.name}
 
     _self_hosted_docs(app)
-    for module in (tenancy, inventory, data, jobs, plan, artifacts, audit):
+    # Jobs first: routes are matched in order, and POST /v1/jobs is the hottest route (after
+    # the other routers it paid ~0.2 ms of regex matching per request). No two routers share
+    # a path, so the order changes nothing else (only the order of paths in /openapi.json).
+    for module in (jobs, tenancy, inventory, data, plan, artifacts, audit):
         app.include_router(module.router)
     return app
 
