@@ -286,8 +286,10 @@ class UsageRecord(SQLModel, table=True):
     job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
     attempt: int
     period: str = Field(max_length=20)
-    started_at: datetime = Field(sa_type=UTCDateTime)
-    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Indexed: each scheduling cycle reads only open records, those of current budget
+    # periods and those recent enough to weigh in the decayed fair-share history.
+    started_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     gpus: int
     gpu_seconds: float = 0.0
 

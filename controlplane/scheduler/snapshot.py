@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 import quotas
@@ -22,9 +24,10 @@ from controlplane.db.models import (
     UsageRecord,
 )
 from controlplane.jobstate import JobStatus
-from controlplane.usage import running_gpu_seconds
 
 COHORT = "consortium"
+# Usage older than this many fair-share half-lives is not read (weight < 2^-20).
+HISTORY_HALF_LIVES = 20
 # Jobs whose GPUs are held: everything between admission and teardown.
 HOLDING = (JobStatus.ADMITTED.value, JobStatus.RUNNING.value, JobStatus.PREEMPTING.value)
 
@@ -36,6 +39,30 @@ def held_assignments(session: Session) -> list[Job]:
     is the single marker of "these GPUs are taken", whatever the status says.
     """
     return list(session.exec(select(Job).where(func.json_array_length(Job.assignment) > 0)).all())
+
+
+def _usage_rows(
+    session: Session, now: datetime, budgets: Iterable[Budget], half_life: float
+) -> Sequence[tuple[str, datetime, datetime | None, int, float]]:
+    """The usage records a cycle needs, as plain rows: still open, started in a current
+    budget period, or ended within ``HISTORY_HALF_LIVES`` fair-share half-lives (older work
+    weighs less than 2^-20 of its GPU-seconds). The table grows with every job attempt and
+    month; what a cycle reads does not."""
+    wanted: list[ColumnElement[bool]] = [col(UsageRecord.ended_at).is_(None)]
+    starts = [b.starts_at for b in budgets]
+    if starts:
+        wanted.append(col(UsageRecord.started_at) >= min(starts))
+    if half_life > 0:
+        horizon = now - timedelta(seconds=half_life * HISTORY_HALF_LIVES)
+        wanted.append(col(UsageRecord.ended_at) >= horizon)
+    query = sa_select(
+        col(UsageRecord.member_id),
+        col(UsageRecord.started_at),
+        col(UsageRecord.ended_at),
+        col(UsageRecord.gpus),
+        col(UsageRecord.gpu_seconds),
+    ).where(or_(*wanted))
+    return session.connection().execute(query).tuples().all()
 
 
 def build(
@@ -112,13 +139,18 @@ def build(
     usage: dict[str, float] = defaultdict(float)
     decayed: dict[str, float] = defaultdict(float)
     half_life = config.fair_share_half_life
-    for rec in session.exec(select(UsageRecord)).all():
-        seconds = running_gpu_seconds(rec, now)
-        b = budgets.get(rec.member_id)
-        if b is not None and b.starts_at <= rec.started_at < b.ends_at:
-            usage[rec.member_id] += seconds
-        age = (now - (rec.ended_at or now)).total_seconds()
-        decayed[rec.member_id] += seconds * 0.5 ** (age / half_life) if half_life > 0 else 0
+    for member_id, started_at, ended_at, gpus, gpu_seconds in _usage_rows(
+        session, now, budgets.values(), half_life
+    ):
+        if ended_at is None:
+            seconds = max(0.0, (now - started_at).total_seconds()) * gpus
+        else:
+            seconds = gpu_seconds
+        b = budgets.get(member_id)
+        if b is not None and b.starts_at <= started_at < b.ends_at:
+            usage[member_id] += seconds
+        age = (now - (ended_at or now)).total_seconds()
+        decayed[member_id] += seconds * 0.5 ** (age / half_life) if half_life > 0 else 0
 
     snap_members = []
     for m in members.values():
