@@ -88,8 +88,10 @@ def test_pools_replayed_in_worker_processes_give_the_same_report(tmp_path: Path)
     for workers in ("1", "3"):
         result = runner.invoke(
             app,
-            ["--trace", str(trace), "--format", "csv", "--policy", "nuri,drf", "--json"]
-            + ["--workers", workers],
+            [
+                *("--trace", str(trace), "--format", "csv"),
+                *("--policy", "nuri,drf", "--json", "--workers", workers),
+            ],
         )
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
