@@ -26,7 +26,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class CycleReport:
     requeued: list[str] = field(default_factory=list)
     unknown_nodes: tuple[str, ...] = ()
     error: str | None = None
+    explained: bool = False  # this cycle refreshed the waiting jobs' reasons, position, ETA
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,13 @@ class SchedulerConfig:
     # How long a supervisor may stay silent (starting, overloaded) before the attempt fails.
     supervisor_timeout_s: float = 120.0
     engine: quotas.EngineConfig = field(default_factory=quotas.EngineConfig)
+    # Explanations (ranked reasons, queue position and ETA of every waiting job, and one row
+    # update each) cost more than the decisions once queues are long. They are refreshed
+    # every cycle while at most ``explain_all_below`` jobs wait, otherwise at most every
+    # ``explain_interval_s``; the decisions are the same either way (a property test of the
+    # engine checks that).
+    explain_all_below: int = 2000
+    explain_interval_s: float = 10.0
 
 
 class SchedulerService:
@@ -101,6 +109,7 @@ class SchedulerService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._explained_at: datetime | None = None  # last cycle that refreshed explanations
 
     # --- phase 0: leadership ---------------------------------------------------------------
 
@@ -448,8 +457,13 @@ class SchedulerService:
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             snapshot = build(s, set(inventory.alive), now, self.config.engine)
+        report.explained = self.should_explain(len(snapshot.pending), now)
+        if not report.explained:
+            snapshot = replace(snapshot, config=replace(snapshot.config, explain=False))
         decisions = quotas.admit(snapshot, now.timestamp())
         notices = self._apply(decisions, now, report)
+        if report.explained:
+            self._explained_at = now
         for job_id, deadline in notices:
             self.ray.preempt(job_id, deadline.timestamp())
         with Session(self.db, expire_on_commit=False) as s:
@@ -460,6 +474,15 @@ class SchedulerService:
             ]
         for job in admitted:
             self._launch(job, inventory, report)
+
+    def should_explain(self, waiting: int, now: datetime) -> bool:
+        """Whether this cycle refreshes explanations (see ``SchedulerConfig``)."""
+        cfg = self.config
+        if not cfg.engine.explain:
+            return False
+        if waiting <= cfg.explain_all_below or self._explained_at is None:
+            return True
+        return (now - self._explained_at).total_seconds() >= cfg.explain_interval_s
 
     def _apply(
         self, decisions: quotas.Decisions, now: datetime, report: CycleReport

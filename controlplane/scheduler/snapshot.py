@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_
+from sqlalchemy import ColumnElement, Row, func, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -43,7 +43,7 @@ def held_assignments(session: Session) -> list[Job]:
 
 def _usage_rows(
     session: Session, now: datetime, budgets: Iterable[Budget], half_life: float
-) -> Sequence[tuple[str, datetime, datetime | None, int, float]]:
+) -> Sequence[Row[str, datetime, datetime | None, int, float]]:
     """The usage records a cycle needs, as plain rows: still open, started in a current
     budget period, or ended within ``HISTORY_HALF_LIVES`` fair-share half-lives (older work
     weighs less than 2^-20 of its GPU-seconds). The table grows with every job attempt and
@@ -62,7 +62,7 @@ def _usage_rows(
         col(UsageRecord.gpus),
         col(UsageRecord.gpu_seconds),
     ).where(or_(*wanted))
-    return session.connection().execute(query).tuples().all()
+    return session.connection().execute(query).all()
 
 
 def build(

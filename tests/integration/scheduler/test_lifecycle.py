@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 import ray
 from sqlmodel import Session, select
 
 from controlplane.db.models import JobLog, JobMetric, UsageRecord
+from controlplane.scheduler import SchedulerService
 from tests.conftest import ADMIN_TOKEN, bearer, ok
 from tests.integration.scheduler.conftest import Env
 
@@ -173,3 +177,30 @@ def test_a_real_axk1_job_runs_as_two_torch_ranks(env: Env) -> None:
     assert steps == sorted(steps) and steps[-1] == 4
     assert "loss" in curve["items"][0]["values"]
     assert done["checkpoint_uri"] is not None
+
+
+def test_long_queues_refresh_explanations_at_most_every_interval(env: Env) -> None:
+    """Past ``explain_all_below`` waiting jobs, cycles decide without explanations and
+    refresh the reasons, positions and ETAs at most every ``explain_interval_s``."""
+    clock = [datetime.now(UTC)]
+    service = SchedulerService(
+        env.engine,
+        env.service.ray,
+        replace(env.service.config, explain_all_below=0, explain_interval_s=60.0),
+        clock=lambda: clock[0],
+    )
+    # Non-preemptible and over alpha's nominal 8: waits, whatever the cycle.
+    first = env.submit(env.alpha, gpus=16, nodes=2, priority_class="training")
+    assert service.tick().explained  # nothing explained yet: the first cycle does
+    reasons = env.job(first["id"])["reasons"]
+    assert reasons[0]["code"] == "non_preemptible_over_nominal"
+    second = env.submit(env.alpha, gpus=16, nodes=2, priority_class="training")
+    clock[0] += timedelta(seconds=30)
+    assert not service.tick().explained
+    assert env.job(second["id"])["reasons"][0]["code"] == "awaiting_scheduler"
+    assert env.job(first["id"])["reasons"] == reasons  # left as they were
+    clock[0] += timedelta(seconds=31)
+    report = service.tick()
+    assert report.explained and report.admitted == []
+    assert env.job(second["id"])["reasons"][0]["code"] == "non_preemptible_over_nominal"
+    assert env.job(second["id"])["queue_position"] == 2
