@@ -219,16 +219,24 @@ class _Cycle:
 
         They would wait anyway (see ``_failed_heads``); settling them now means a blocked
         job never holds back a later job of the same member that could still start or
-        reclaim (e.g. a small in-nominal job behind a large borrowing one).
+        reclaim (e.g. a small in-nominal job behind a large borrowing one). A head over its
+        member's GPU-hour budget is settled first with that reason, as ``try_nuri`` would:
+        the failure memo ignores runtimes, and the budget is what the user must fix.
         """
-        failed, now = self._failed_heads, self.state.now
-        while queue and failed:
+        failed, now, headroom = self._failed_heads, self.state.now, self.state.headroom
+        while queue:
             head = queue[-1]
-            record = failed.get(self._signature(head, now + head.job.max_runtime))
+            job = head.job
+            left = headroom.get(job.member)
+            if left is not None and job.gpus * job.max_runtime / 3600.0 > left + 1e-9:
+                queue.pop()
+                self._over_budget(head)
+                continue
+            record = failed.get(self._signature(head, now + job.max_runtime)) if failed else None
             if record is None:
                 return
             queue.pop()
-            self.waiting.append(PendingRecord(head.job, record.reasons, record.eta_pool))
+            self.waiting.append(PendingRecord(job, record.reasons, record.eta_pool))
 
     def _world_closed(self) -> bool:
         """True when every remaining head must wait, refused by quota in every pool.
@@ -298,6 +306,11 @@ class _Cycle:
             while queue:  # _skip_failed
                 head = queue[-1]
                 job = head.job
+                left = headroom.get(member)
+                if left is not None and job.gpus * job.max_runtime / 3600.0 > left + 1e-9:
+                    queue.pop()
+                    self._over_budget(head)
+                    continue
                 key = signature(head, now + job.max_runtime) if reservations else head.key
                 record = failed.get(key)
                 if record is None:

@@ -588,3 +588,28 @@ def test_a_borrowers_reservation_yields_to_a_reclaim_within_nominal() -> None:
     assert [r.job_id for r in decisions.reservations] == ["big"]
     (preempt,) = decisions.preempted
     assert (preempt.for_job, preempt.reason) == ("small", codes.RECLAIM)
+
+
+def test_a_job_over_budget_says_so_even_behind_a_job_that_failed_like_it() -> None:
+    """Jobs asking the same shape share a failure memo; one whose runtime overruns the budget
+    must still be told about the budget (that is what its submitter has to change)."""
+    budget = Budget(0.0, NOW + 86_400, limit_gpu_hours=100.0)
+    builder = (
+        cluster()
+        .pool(nodes=1)
+        .member("m1", nominal=8, budget=budget)
+        .member("m2", nominal=8)
+        .running(make_running("r", member="m2").on("h200-0", 8).started(NOW).runtime(7200))
+        .pending(
+            make_job("first").gpus(8).runtime(3 * 3600).submitted(0),  # holds the reservation
+            make_job("short").gpus(8).runtime(3 * 3600).submitted(1),  # fails: the memo
+            make_job("long").gpus(8).runtime(50 * 3600).submitted(2),  # 400 > 100 GPU-hours
+        )
+    )
+    decisions = run(builder)
+    assert admitted(decisions) == {}
+    assert [r.job_id for r in decisions.reservations] == ["first"]
+    pending = decisions.pending_by_id()
+    assert pending["short"].reasons[0].code != codes.BUDGET_EXHAUSTED
+    assert pending["long"].reasons[0].code == codes.BUDGET_EXHAUSTED
+    assert pending["long"].eta == NOW + 86_400
