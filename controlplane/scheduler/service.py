@@ -46,7 +46,6 @@ from controlplane.scheduler import lease
 from controlplane.scheduler.executor import (
     Inventory,
     LaunchSpec,
-    PlacementFailed,
     RayExecutor,
     Unanswered,
 )
@@ -472,8 +471,7 @@ class SchedulerService:
                 for j in (s.get(Job, a.job_id) for a in decisions.admitted)
                 if j is not None and j.status == S.ADMITTED.value
             ]
-        for job in admitted:
-            self._launch(job, inventory, report)
+        self._launch_all(admitted, inventory, report)
 
     def should_explain(self, waiting: int, now: datetime) -> bool:
         """Whether this cycle refreshes explanations (see ``SchedulerConfig``)."""
@@ -569,28 +567,39 @@ class SchedulerService:
         return notices
 
     def _launch(self, job: Job, inventory: Inventory, report: CycleReport) -> None:
-        with Session(self.db, expire_on_commit=False) as s:
-            decision = residency.placement(s, job, job.pool or "")
-        if not decision.allowed:
-            # Checked again at placement: labels may have changed since the engine decided.
-            self._unadmit(job, "residency_denied", "; ".join(decision.reasons) or "denied")
+        self._launch_all([job], inventory, report)
+
+    def _launch_all(self, jobs: list[Job], inventory: Inventory, report: CycleReport) -> None:
+        """Launch admitted jobs together: Ray reserves their placement groups concurrently
+        (see ``RayExecutor.launch_many``); each job then runs or goes back to the queue."""
+        ready: list[tuple[Job, LaunchSpec]] = []
+        for job in jobs:
+            with Session(self.db, expire_on_commit=False) as s:
+                decision = residency.placement(s, job, job.pool or "")
+            if not decision.allowed:
+                # Checked again at placement: labels may have changed since the engine decided.
+                self._unadmit(job, "residency_denied", "; ".join(decision.reasons) or "denied")
+                continue
+            spec = LaunchSpec(
+                job_id=job.id,
+                attempt=job.attempt,
+                pool=job.pool or "",
+                assignment=tuple((str(n), int(g)) for n, g in job.assignment),
+                config=job.config,
+                kind=job.kind,
+                checkpoint_dir=str(self.config.checkpoint_root / job.id),
+                resume_from=job.checkpoint_uri,
+            )
+            ready.append((job, spec))
+        if not ready:
             return
-        spec = LaunchSpec(
-            job_id=job.id,
-            attempt=job.attempt,
-            pool=job.pool or "",
-            assignment=tuple((str(n), int(g)) for n, g in job.assignment),
-            config=job.config,
-            kind=job.kind,
-            checkpoint_dir=str(self.config.checkpoint_root / job.id),
-            resume_from=job.checkpoint_uri,
-        )
-        try:
-            self.ray.launch(spec, inventory.alive)
-        except PlacementFailed as exc:
-            self._unadmit(job, "placement_failed", str(exc))
-            return
-        self._mark_running(job, report)
+        failed = self.ray.launch_many([spec for _, spec in ready], inventory.alive)
+        for job, _ in ready:
+            failure = failed.get(job.id)
+            if failure is not None:
+                self._unadmit(job, "placement_failed", str(failure))
+            else:
+                self._mark_running(job, report)
 
     def _unadmit(self, job: Job, code: str, message: str) -> None:
         """Roll an admission back (same attempt): the job waits for the next cycle."""
