@@ -1,10 +1,12 @@
 """GPU-hour budgets per member and period.
 
-Admission charges a job its worst case, ``GPUs x max_runtime``, against the member's
-*headroom*: the period's limit minus what was used so far minus the worst-case remainder of
-everything still running. A job that does not fit the headroom waits with
-``budget_exhausted``; running jobs are never stopped for budget (nothing here can preempt).
-So the sum of admissions can never overrun the budget, whatever the jobs then do.
+Admission charges a job its worst case in the period, ``GPUs x max_runtime`` cut at the end
+of the period (usage is recorded per period, so what runs past the end is the next period's),
+against the member's *headroom*: the period's limit minus what was used so far minus the
+worst-case remainder of everything still running, cut the same way. A job that does not fit
+the headroom waits with ``budget_exhausted``; running jobs are never stopped for budget
+(nothing here can preempt). So the sum of admissions can never overrun the budget, whatever
+the jobs then do.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 from quotas.snapshot import Budget, RunningWorkload
 
 
-def committed_gpu_hours(running: Iterable[RunningWorkload], now: float) -> float:
-    """Worst-case GPU-hours still to be burnt by running jobs (up to their max runtime)."""
+def committed_gpu_hours(
+    running: Iterable[RunningWorkload], now: float, until: float = float("inf")
+) -> float:
+    """Worst-case GPU-hours running jobs may still burn before ``until`` (the period's end),
+    each up to its max runtime."""
     total = 0.0
     for job in running:
-        remaining = job.started_at + job.max_runtime - now
+        remaining = min(job.started_at + job.max_runtime, until) - now
         if remaining > 0:
             total += job.gpus * remaining / 3600.0
     return total
@@ -27,12 +32,13 @@ def committed_gpu_hours(running: Iterable[RunningWorkload], now: float) -> float
 
 def headroom_gpu_hours(budget: Budget, running: Iterable[RunningWorkload], now: float) -> float:
     """GPU-hours a member may still commit to new jobs in the current period."""
-    return budget.limit_gpu_hours - budget.used_gpu_hours - committed_gpu_hours(running, now)
+    committed = committed_gpu_hours(running, now, budget.period_end)
+    return budget.limit_gpu_hours - budget.used_gpu_hours - committed
 
 
-def job_cost_gpu_hours(gpus: int, max_runtime: float) -> float:
-    """Worst-case GPU-hours of a job."""
-    return gpus * max_runtime / 3600.0
+def job_cost_gpu_hours(gpus: int, max_runtime: float, window: float = float("inf")) -> float:
+    """Worst-case GPU-hours of a job within a period that has ``window`` seconds left."""
+    return gpus * min(max_runtime, max(0.0, window)) / 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,15 +101,20 @@ class CycleState:
         if any(m.budget is not None for m in self.members.values()):
             for job in snapshot.running:
                 running_by_member.setdefault(job.member, []).append(job)
-        # Budget headroom only for members with a budget; others are unlimited.
+        # Budget headroom only for members with a budget; others are unlimited. A job is
+        # charged only what it may burn before the period ends: ``window`` seconds.
         self.headroom: dict[str, float] = {}
+        self.budget_window: dict[str, float] = {}
         for member in self.members.values():
             if member.budget is not None:
                 budget = member.budget
-                committed = committed_gpu_hours(running_by_member.get(member.name, []), now)
+                committed = committed_gpu_hours(
+                    running_by_member.get(member.name, []), now, budget.period_end
+                )
                 self.headroom[member.name] = (
                     budget.limit_gpu_hours - budget.used_gpu_hours - committed
                 )
+                self.budget_window[member.name] = max(0.0, budget.period_end - now)
         self.reservations: dict[str, ReservationState] = {}
         # Jobs admitted (or promised a preemption) this cycle: (end, placement) per pool, so
         # backfill timelines and ETAs see when they release their GPUs.

@@ -228,7 +228,7 @@ class _Cycle:
             head = queue[-1]
             job = head.job
             left = headroom.get(job.member)
-            if left is not None and job.gpus * job.max_runtime / 3600.0 > left + 1e-9:
+            if left is not None and self._budget_cost(head) > left + 1e-9:
                 queue.pop()
                 self._over_budget(head)
                 continue
@@ -285,7 +285,7 @@ class _Cycle:
             left = headroom.get(member)  # as in _over_budget (headroom no longer changes)
             if not (
                 left is not None
-                and job.gpus * job.max_runtime / 3600.0 > left + 1e-9
+                and self._budget_cost(head) > left + 1e-9
                 and self._over_budget(head)
             ):
                 key = signature(head, now + job.max_runtime) if reservations else head.key
@@ -307,7 +307,7 @@ class _Cycle:
                 head = queue[-1]
                 job = head.job
                 left = headroom.get(member)
-                if left is not None and job.gpus * job.max_runtime / 3600.0 > left + 1e-9:
+                if left is not None and self._budget_cost(head) > left + 1e-9:
                     queue.pop()
                     self._over_budget(head)
                     continue
@@ -539,13 +539,18 @@ class _Cycle:
             self._failed_heads[signature] = record
         self.waiting.append(record)
 
+    def _budget_cost(self, head: Head) -> float:
+        """GPU-hours a head of a member with a budget is charged (see quotas.budgets)."""
+        job = head.job
+        return job_cost_gpu_hours(job.gpus, job.max_runtime, self.state.budget_window[job.member])
+
     def _over_budget(self, head: Head) -> bool:
         """Settle a head whose worst case overruns its member's GPU-hour budget."""
         state, job = self.state, head.job
         member = job.member
         if member not in state.headroom:
             return False
-        cost = job_cost_gpu_hours(job.gpus, job.max_runtime)
+        cost = job_cost_gpu_hours(job.gpus, job.max_runtime, state.budget_window[member])
         left = state.headroom[member]
         if cost <= left + 1e-9:
             return False
@@ -553,7 +558,8 @@ class _Cycle:
         reason = Reason(
             codes.BUDGET_EXHAUSTED,
             f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
-            f"(GPUs x max runtime), {max(0.0, left):.1f} left this period",
+            f"(GPUs x max runtime, up to the period's end), {max(0.0, left):.1f} left "
+            "this period",
         )
         eta = budget.period_end if budget is not None else None
         self.waiting.append(PendingRecord(job, [reason], None, eta, True))
@@ -618,7 +624,9 @@ class _Cycle:
         state.tree.add_usage(job.member, pool, gpus)
         state.fair.add(job.member, pool, gpus)
         if job.member in state.headroom:
-            state.headroom[job.member] -= job_cost_gpu_hours(job.gpus, job.max_runtime)
+            state.headroom[job.member] -= job_cost_gpu_hours(
+                job.gpus, job.max_runtime, state.budget_window[job.member]
+            )
         index = state.index[pool]
         for i, g in plan.placement:
             index.take(i, max(0, g - plan.freed.get(i, 0)))
@@ -667,7 +675,9 @@ class _Cycle:
         state.tree.add_usage(job.member, pool, gpus)
         state.fair.add(job.member, pool, gpus)
         if job.member in state.headroom:
-            state.headroom[job.member] -= job_cost_gpu_hours(job.gpus, job.max_runtime)
+            state.headroom[job.member] -= job_cost_gpu_hours(
+                job.gpus, job.max_runtime, state.budget_window[job.member]
+            )
         state.admitted_ends[pool].append((end, placement))
         names = state.index[pool].names_of(placement)
         self.admitted.append(Admit(job.job_id, pool, names, borrowing))

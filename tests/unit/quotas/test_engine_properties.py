@@ -143,7 +143,8 @@ def worlds(draw: st.DrawFn, whole_nodes: bool = False, preemption: bool = True) 
             quotas[pool.name] = Quota(draw(st.integers(0, 16)), borrow, lend)
         budget = None
         if draw(st.booleans()) and not whole_nodes:
-            budget = Budget(0.0, 1e9, draw(st.floats(0, 200)), draw(st.floats(0, 20)))
+            end = draw(st.sampled_from([1e9, 4000.0]))  # a period that ends mid-run
+            budget = Budget(0.0, end, draw(st.floats(0, 200)), draw(st.floats(0, 20)))
         members.append(Member(f"m{m}", "root", quotas, None, budget, draw(st.floats(0, 1e6))))
     config = EngineConfig(
         min_runtime=draw(st.sampled_from([0.0, 300.0])) if preemption else 1e12,
@@ -252,8 +253,9 @@ def check_budget(snapshot: Snapshot, decisions: Decisions, now: float) -> None:
             continue
         mine = [j for j in snapshot.running if j.member == member.name]
         headroom = headroom_gpu_hours(member.budget, mine, now)
+        window = member.budget.period_end - now
         spent = sum(
-            job_cost_gpu_hours(pending[a.job_id].gpus, pending[a.job_id].max_runtime)
+            job_cost_gpu_hours(pending[a.job_id].gpus, pending[a.job_id].max_runtime, window)
             for a in decisions.admitted
             if pending[a.job_id].member == member.name
         )

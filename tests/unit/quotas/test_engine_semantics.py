@@ -613,3 +613,22 @@ def test_a_job_over_budget_says_so_even_behind_a_job_that_failed_like_it() -> No
     assert pending["short"].reasons[0].code != codes.BUDGET_EXHAUSTED
     assert pending["long"].reasons[0].code == codes.BUDGET_EXHAUSTED
     assert pending["long"].eta == NOW + 86_400
+
+
+def test_a_job_is_charged_only_what_it_may_burn_before_the_period_ends() -> None:
+    """Usage is recorded per period: a long job submitted near the end of the month costs
+    this month's budget only up to the month's end (the rest is next month's)."""
+    budget = Budget(0.0, NOW + 3600, limit_gpu_hours=10.0)
+    builder = (
+        cluster()
+        .pool(nodes=2)
+        .member("m1", nominal=16, budget=budget)
+        .pending(
+            make_job("long").gpus(8).runtime(10 * 3600).submitted(0),  # 8 GPU-hours this period
+            make_job("more").gpus(8).runtime(10 * 3600).submitted(1),  # 8 more: over the 10
+        )
+    )
+    decisions = run(builder)
+    assert set(admitted(decisions)) == {"long"}
+    assert first_reason(decisions, "more") == codes.BUDGET_EXHAUSTED
+    assert "up to 8.0" in decisions.pending_by_id()["more"].reasons[0].message

@@ -80,6 +80,10 @@ def test_budget_headroom_and_forecast() -> None:
     running = [RunningWorkload("r", "m", "p", "t", (("n", 4),), started_at=0.0, max_runtime=7200.0)]
     assert headroom_gpu_hours(budget, running, now=3600.0) == pytest.approx(56.0)
     assert job_cost_gpu_hours(8, 1800.0) == 4.0
+    # Only what falls inside the period is charged to it (usage is recorded per period).
+    assert job_cost_gpu_hours(8, 7200.0, window=1800.0) == 4.0
+    late = [RunningWorkload("r", "m", "p", "t", (("n", 4),), started_at=0.0, max_runtime=1e9)]
+    assert headroom_gpu_hours(budget, late, now=99 * 3600.0) == pytest.approx(56.0)
     seen = forecast(budget, gpus_in_use=6, now=10 * 3600.0)
     assert seen.remaining_gpu_hours == 60.0
     assert seen.average_burn_gpu_hours_per_hour == pytest.approx(4.0)
