@@ -1,10 +1,12 @@
 """Job submissions per second through the REST API (auth + validation + persistence).
 
 Runs the real app under uvicorn in a child process (so server and client use different
-cores), on SQLite and on PostgreSQL, and a bare FastAPI endpoint that parses the same body as
+cores), on SQLite and on PostgreSQL, with one API process and with several (as
+`nuri api --workers N`), and a bare FastAPI endpoint that parses the same body as
 the reference ceiling, all in one run. Prints the median of several runs and the ratios.
 
     .venv/bin/python bench/api_submit.py [--seconds 5] [--runs 5] [--concurrency 16]
+        [--workers 1,2]
 
 The load comes from wrk (a C load generator, installed by `make bench`) so that the client
 costs the server's core as little as possible; without wrk it falls back to httpx, which is
@@ -56,18 +58,35 @@ def bare_app() -> FastAPI:
     return app
 
 
-def serve(kind: str, db: str, port: int) -> None:
+def serve(kind: str, db: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     if kind == "bare":
-        target = bare_app()
-    else:
-        from controlplane.api.app import create_app
-        from controlplane.db.engine import make_engine
-        from controlplane.settings import Settings
+        uvicorn.run(bare_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    from controlplane.api.app import create_app
+    from controlplane.db.engine import make_engine
+    from controlplane.settings import Settings
 
-        target = create_app(Settings(bootstrap_admin_token=ADMIN), make_engine(db))
-    uvicorn.run(target, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    home = tempfile.mkdtemp(prefix="nuri-bench-")
+    os.environ.update(
+        NURI_DATABASE_URL=db, NURI_BOOTSTRAP_ADMIN_TOKEN=ADMIN, NURI_HOME=home, NURI_ENV="dev"
+    )
+    if workers == 1:
+        app = create_app(Settings(), make_engine(db))
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    # As `nuri api --workers N`: migrate and bootstrap once, then N worker processes.
+    create_app(Settings(warm_planner=False)).state.engine.dispose()
+    uvicorn.run(
+        "controlplane.api.app:create_app_from_env",
+        factory=True,
+        workers=workers,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def free_port() -> int:
@@ -76,10 +95,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, db: str) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, db: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--db", db, "--port", str(port)], cwd=ROOT
+        [
+            *(sys.executable, __file__, "--serve", kind, "--db", db),
+            *("--port", str(port), "--workers", str(workers)),
+        ],
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -191,11 +214,14 @@ def drop_pg(name: str) -> None:
     eng.dispose()
 
 
-def measure(kind: str, db: str, args: argparse.Namespace) -> list[float]:
-    proc, url = start(kind, db)
+def measure(kind: str, db: str, args: argparse.Namespace, workers: int = 1) -> list[float]:
+    proc, url = start(kind, db, workers)
     try:
         token = None if kind == "bare" else member_token(url)
         asyncio.run(blast(url, token, 200, args.concurrency))  # warm-up, and a correctness check
+        if workers > 1:  # every worker imports the capacity planner in the background first
+            time.sleep(15)
+            asyncio.run(blast(url, token, 200, args.concurrency))
         if shutil.which("wrk"):
             return [wrk_rate(url, token, args.seconds, args.concurrency) for _ in range(args.runs)]
         return [
@@ -216,31 +242,38 @@ def main() -> None:
     p.add_argument("--serve")
     p.add_argument("--db", default="")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument(
+        "--workers", default="1,2", help="API worker processes to measure (as `nuri api`)"
+    )
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.db, args.port)
+        serve(args.serve, args.db, args.port, int(args.workers))
         return
 
     results: dict[str, list[float]] = {}
     results["bare FastAPI (reference)"] = measure("bare", "", args)
-    with tempfile.TemporaryDirectory() as tmp:
-        results["nuri on SQLite"] = measure("nuri", f"sqlite:///{tmp}/bench.db", args)
-    url, name = pg_database()
-    try:
-        results["nuri on PostgreSQL"] = measure("nuri", url, args)
-    finally:
-        drop_pg(name)
+    for workers in (int(w) for w in args.workers.split(",")):
+        label = f"{workers} worker" + ("s" if workers > 1 else "")
+        with tempfile.TemporaryDirectory() as tmp:
+            results[f"nuri on SQLite, {label}"] = measure(
+                "nuri", f"sqlite:///{tmp}/bench.db", args, workers
+            )
+        url, name = pg_database()
+        try:
+            results[f"nuri on PostgreSQL, {label}"] = measure("nuri", url, args, workers)
+        finally:
+            drop_pg(name)
 
     ref = statistics.median(results["bare FastAPI (reference)"])
     load = f"wrk, {args.seconds} s" if shutil.which("wrk") else f"httpx, {args.requests} requests"
     print(
         f"\nPOST /v1/jobs ({load}) x {args.runs} runs, concurrency {args.concurrency}, "
-        f"{os.cpu_count()} cores, one uvicorn worker"
+        f"{os.cpu_count()} cores (wrk runs on them too)"
     )
-    print(f"{'target':28} {'median/s':>10} {'min/s':>9} {'max/s':>9} {'vs bare':>8}")
+    print(f"{'target':36} {'median/s':>10} {'min/s':>9} {'max/s':>9} {'vs bare':>8}")
     for label, rates in results.items():
         med = statistics.median(rates)
-        print(f"{label:28} {med:10.0f} {min(rates):9.0f} {max(rates):9.0f} {med / ref:8.2f}")
+        print(f"{label:36} {med:10.0f} {min(rates):9.0f} {max(rates):9.0f} {med / ref:8.2f}")
 
 
 if __name__ == "__main__":

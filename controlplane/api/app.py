@@ -132,6 +132,12 @@ def _self_hosted_docs(app: FastAPI) -> None:
         )
 
 
+def create_app_from_env() -> FastAPI:
+    """:func:`create_app` with settings from the environment: the factory each API worker
+    process calls (``uvicorn --factory controlplane.api.app:create_app_from_env``)."""
+    return create_app(Settings())
+
+
 def bootstrap_result(app: FastAPI) -> BootstrapResult:
     result: BootstrapResult = app.state.bootstrap
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,12 @@ from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
 from controlplane.cli.simulate import simulate
 from controlplane.client import NuriClient
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from controlplane.services.bootstrap import BootstrapResult
+    from controlplane.settings import Settings
 
 app = typer.Typer(
     name="nuri",
@@ -45,7 +51,7 @@ def up(
 
     from controlplane import demo as demo_seed
     from controlplane import ray_runtime
-    from controlplane.api.app import bootstrap_result, create_app
+    from controlplane.api.app import create_app
     from controlplane.audit.checkpointer import AuditCheckpointer
     from controlplane.db.types import utcnow
     from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
@@ -61,23 +67,9 @@ def up(
         settings.port = port
     if host is not None:
         settings.host = host
-    with socket.socket() as probe:
-        if probe.connect_ex((settings.host, settings.port)) == 0:
-            fail(
-                f"{settings.host}:{settings.port} is already in use; pick another with --port",
-                code=2,
-            )
+    _refuse_taken_port(settings.host, settings.port)
     api = create_app(settings)
-    boot = bootstrap_result(api)
-    if boot.generated_token:
-        console.print("[bold green]Platform admin token[/] (shown once; store it):")
-        console.print(boot.generated_token, soft_wrap=True, highlight=False)
-        if settings.env == "dev":
-            path = settings.ensure_home() / "admin-token"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(boot.generated_token + "\n")
-            console.print(f"[dim](dev mode: also saved to {path}, readable only by you)[/]")
+    boot = _announce_bootstrap(api, settings)
     engine = api.state.engine
     if demo:
         summary = demo_seed.seed(engine, boot.admin_user_id, utcnow())
@@ -122,6 +114,72 @@ def up(
             scheduler.stop()
         if ray:
             ray_runtime.stop()
+
+
+@app.command("api")
+def api_only(
+    port: Annotated[int | None, typer.Option(help="listen port (default 8000)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API worker processes")] = 2,
+) -> None:
+    """Serve the REST API alone, in several worker processes.
+
+    For deployments where the scheduler runs on its own (``python -m controlplane.scheduler``,
+    one leader at a time by its lease): each worker is a full API process on the same
+    database. The schema is migrated and the platform admin bootstrapped once, here, before
+    the workers start.
+    """
+    import uvicorn
+
+    from controlplane.api.app import create_app
+    from controlplane.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        fail(f"bad settings: {exc}", code=2)
+    settings.port = port if port is not None else settings.port
+    settings.host = host if host is not None else settings.host
+    _refuse_taken_port(settings.host, settings.port)
+    # No background warm-up here: this process only migrates and bootstraps.
+    api = create_app(settings.model_copy(update={"warm_planner": False}))
+    _announce_bootstrap(api, settings)
+    api.state.engine.dispose()
+    console.print(
+        f"Nuri API at http://{settings.host}:{settings.port} with {workers} worker processes"
+    )
+    uvicorn.run(
+        "controlplane.api.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+def _refuse_taken_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            fail(f"{host}:{port} is already in use; pick another with --port", code=2)
+
+
+def _announce_bootstrap(api: FastAPI, settings: Settings) -> BootstrapResult:
+    """Print a generated platform admin token once (and keep it in NURI_HOME in dev)."""
+    from controlplane.api.app import bootstrap_result
+
+    boot = bootstrap_result(api)
+    if boot.generated_token:
+        console.print("[bold green]Platform admin token[/] (shown once; store it):")
+        console.print(boot.generated_token, soft_wrap=True, highlight=False)
+        if settings.env == "dev":
+            path = settings.ensure_home() / "admin-token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(boot.generated_token + "\n")
+            console.print(f"[dim](dev mode: also saved to {path}, readable only by you)[/]")
+    return boot
 
 
 @app.command()
