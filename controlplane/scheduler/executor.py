@@ -133,8 +133,9 @@ class RayExecutor:
     ) -> dict[str, PlacementFailed]:
         """Launch several jobs at once; returns the ones whose bundles Ray could not reserve.
 
-        Every placement group is requested first and their readiness is awaited together,
-        so Ray reserves them concurrently instead of one round trip after another. A group
+        Every placement group is requested first and their readiness is awaited together
+        (one wait instead of a round trip each; Ray's control service still reserves them
+        one after another, so a burst is admitted about as fast as before). A group
         that makes no progress for ``ready_timeout_s`` while none of the others gets ready
         either is removed and its job reported (the scheduler puts it back in the queue).
         """
