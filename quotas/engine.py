@@ -223,14 +223,12 @@ class _Cycle:
         member's GPU-hour budget is settled first with that reason, as ``try_nuri`` would:
         the failure memo ignores runtimes, and the budget is what the user must fix.
         """
-        failed, now, headroom = self._failed_heads, self.state.now, self.state.headroom
+        failed, now = self._failed_heads, self.state.now
         while queue:
             head = queue[-1]
             job = head.job
-            left = headroom.get(job.member)
-            if left is not None and self._budget_cost(head) > left + 1e-9:
+            if self._over_budget(head):  # settled with its budget reason
                 queue.pop()
-                self._over_budget(head)
                 continue
             record = failed.get(self._signature(head, now + job.max_runtime)) if failed else None
             if record is None:
@@ -274,20 +272,15 @@ class _Cycle:
         if not self.explain:
             return  # nothing left to decide, and waiting jobs produce no output
         state = self.state
-        failed, waiting, headroom = self._failed_heads, self.waiting, state.headroom
+        failed, waiting = self._failed_heads, self.waiting
         reservations, now = state.reservations, state.now  # no reservation can be added now
-        outcomes, signature, prefixes = self._closed_reasons, self._signature, self._closed_keys
+        outcomes, signature = self._closed_reasons, self._signature
         while heap:
             member = heap[0][1]
             queue = queues[member]
             head = queue.pop()
             job = head.job
-            left = headroom.get(member)  # as in _over_budget (headroom no longer changes)
-            if not (
-                left is not None
-                and self._budget_cost(head) > left + 1e-9
-                and self._over_budget(head)
-            ):
+            if not self._over_budget(head):
                 key = signature(head, now + job.max_runtime) if reservations else head.key
                 record = failed.get(key)
                 if record is not None:
@@ -303,28 +296,11 @@ class _Cycle:
                     else:
                         failed[key] = record = PendingRecord(job, reasons, first_pool)
                         waiting.append(record)
-            while queue:  # _skip_failed
-                head = queue[-1]
-                job = head.job
-                left = headroom.get(member)
-                if left is not None and self._budget_cost(head) > left + 1e-9:
-                    queue.pop()
-                    self._over_budget(head)
-                    continue
-                key = signature(head, now + job.max_runtime) if reservations else head.key
-                record = failed.get(key)
-                if record is None:
-                    break
-                queue.pop()
-                waiting.append(PendingRecord(job, record.reasons, record.eta_pool))
+            self._skip_failed(queue)
             # Keys no longer change: the member stays on top while its next head is still the
             # smallest (a borrowing member's heads come out in a run), else one heap swap.
             if queue:
-                head = queue[-1]
-                prefix = prefixes.get((member, head.key[3]))
-                if prefix is None:
-                    prefix = prefixes[(member, head.key[3])] = self.nuri_key(head)[:2]
-                entry = (prefix + head.order, member)
+                entry = (self._closed_key(queue[-1]), member)
                 if len(heap) > 1 and min(heap[1:3]) < entry:
                     heapq.heapreplace(heap, entry)
                 else:
@@ -539,19 +515,15 @@ class _Cycle:
             self._failed_heads[signature] = record
         self.waiting.append(record)
 
-    def _budget_cost(self, head: Head) -> float:
-        """GPU-hours a head of a member with a budget is charged (see quotas.budgets)."""
-        job = head.job
-        return job_cost_gpu_hours(job.gpus, job.max_runtime, self.state.budget_window[job.member])
-
     def _over_budget(self, head: Head) -> bool:
         """Settle a head whose worst case overruns its member's GPU-hour budget."""
         state, job = self.state, head.job
         member = job.member
-        if member not in state.headroom:
+        left = state.headroom.get(member)
+        if left is None:
             return False
-        cost = job_cost_gpu_hours(job.gpus, job.max_runtime, state.budget_window[member])
-        left = state.headroom[member]
+        # job_cost_gpu_hours, inlined: this runs for every waiting head (window >= 0).
+        cost = job.gpus * min(job.max_runtime, state.budget_window[member]) / 3600.0
         if cost <= left + 1e-9:
             return False
         budget = state.members[member].budget
