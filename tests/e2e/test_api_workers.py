@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,16 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.e2e.server import free_port, nuri_server
+
 ADMIN = "nuri-e2e-workers-admin-token-0123456789abcdef"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children(pid: int) -> set[int]:
@@ -50,24 +40,8 @@ def test_two_api_workers_share_one_database_and_one_audit_chain(tmp_path: Path) 
     }
     env.pop("NURI_DATABASE_URL", None)
     url = f"http://127.0.0.1:{port}"
-    with open(tmp_path / "api.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "nuri"), "api", "--workers", "2", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        assert proc.poll() is None, (tmp_path / "api.log").read_text()
+    args = ["api", "--workers", "2", "--port", str(port)]
+    with nuri_server(args, port, env, tmp_path, tmp_path / "api.log") as proc:
         assert len(children(proc.pid)) >= 2, "the parent supervises two worker processes"
 
         root = {"Authorization": f"Bearer {ADMIN}"}
@@ -106,9 +80,3 @@ def test_two_api_workers_share_one_database_and_one_audit_chain(tmp_path: Path) 
             assert len(listed) == 20
             report = c.get("/v1/audit/verify").json()
         assert report["ok"], report
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.server import BIN, free_port, nuri_server
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -25,12 +22,6 @@ def tour_script() -> str:
     text = (ROOT / "README.md").read_text()
     section = text.split("## A short tour", 1)[1].split("\n## ", 1)[0]
     return "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -46,32 +37,9 @@ def nuri_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
     env.pop("NURI_DATABASE_URL", None)
     env.pop("NURI_TOKEN", None)
     url = f"http://127.0.0.1:{port}"
-    with open(tmp_path / "up.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "nuri"), "up", "--demo", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            if proc.poll() is not None:
-                pytest.fail(f"nuri up exited early:\n{(tmp_path / 'up.log').read_text()}")
-            yield url, env, tmp_path
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    args = ["up", "--demo", "--port", str(port)]
+    with nuri_server(args, port, env, tmp_path, tmp_path / "up.log"):
+        yield url, env, tmp_path
 
 
 def test_readme_tour_works_as_written(nuri_up: tuple[str, dict[str, str], Path]) -> None:
