@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from controlplane import tokens
@@ -159,18 +160,28 @@ def authenticate(
     if last_used_at is None or now - last_used_at >= timedelta(seconds=touch_interval_s):
         # Throttled: a write per request would double the cost of every call. The stamp and
         # a sign-in event for the audit log go together, at most once per interval.
-        session.execute(
-            update(ApiToken).where(col(ApiToken.id) == token_id).values(last_used_at=now)
-        )
-        audit_log.record(
-            session,
-            principal,
-            "auth.token_use",
-            "token",
-            token_id,
-            stream=audit_log.stream_for(member_id),
-            now=now,
-            details={"previous_use": last_used_at.isoformat() if last_used_at else None},
-        )
-        session.commit()
+        # In a transaction of its own when the session is bound to an engine: the caller's
+        # session may read in autocommit mode (see the jobs router), and the stamp and its
+        # event must commit together, under the audit stream's lock.
+        bind = session.get_bind()
+        own = Session(bind) if isinstance(bind, Engine) else None
+        writer = own or session
+        try:
+            writer.execute(
+                update(ApiToken).where(col(ApiToken.id) == token_id).values(last_used_at=now)
+            )
+            audit_log.record(
+                writer,
+                principal,
+                "auth.token_use",
+                "token",
+                token_id,
+                stream=audit_log.stream_for(member_id),
+                now=now,
+                details={"previous_use": last_used_at.isoformat() if last_used_at else None},
+            )
+            writer.commit()
+        finally:
+            if own is not None:
+                own.close()
     return principal

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.errors import NuriError
@@ -69,14 +70,38 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), {})
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost connection (a restarted server, a dropped link; the pool replaces it) or a
+        # database that cannot be reached or is busy: a retry is the cure.
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            log.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.url.path,
+                type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+            )
+            response = error_response(
+                503,
+                "database_unavailable",
+                "the database is unavailable or lost the connection; retry the request "
+                "(with an Idempotency-Key a retried submission cannot create a second job)",
+                {},
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        return _internal_error(request)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug, not bad input: log it with the request id for operators, tell the client
-        # nothing internal.
-        rid = request.headers.get("x-request-id", "")
-        log.exception(
-            "unhandled error on %s %s (request %s)", request.method, request.url.path, rid
-        )
-        return error_response(
-            500, "internal_error", "internal error; it has been logged", {"request_id": rid}
-        )
+        return _internal_error(request)
+
+
+def _internal_error(request: Request) -> JSONResponse:
+    """A bug, not bad input: logged (with the traceback being handled) and the request id for
+    operators; the client is told nothing internal."""
+    rid = request.headers.get("x-request-id", "")
+    log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, rid)
+    return error_response(
+        500, "internal_error", "internal error; it has been logged", {"request_id": rid}
+    )
