@@ -40,8 +40,10 @@ async def submit_job(
         with Session(request.app.state.engine, expire_on_commit=False) as session:
             # Only reads happen in this session (the rows are written by the group commit,
             # a token's use stamp in a transaction of its own): autocommit spares PostgreSQL
-            # a BEGIN and a COMMIT round trip per submission.
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            # a BEGIN and a COMMIT round trip per submission. (SQLite's driver begins no
+            # transaction for reads: there, switching modes would only cost time.)
+            if request.app.state.engine.dialect.name == "postgresql":
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             caller = principal_for(request, session, settings, authorization)
             return jobs.submit(
                 session, caller, body, idempotency_key, utcnow(), settings.default_job_retries
