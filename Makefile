@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 export DS_ACCELERATOR ?= cpu
 export NURI_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test test-fast lint fmt bench postgres clean
+.PHONY: install run test test-fast lint fmt bench postgres browser clean
 
 install: $(STAMP)
 
@@ -36,7 +36,13 @@ postgres:
 	fi
 	@pg_isready -h 127.0.0.1 -p 5432
 
-test: install postgres
+# Chromium for the portal's browser tests (Debian's package; Playwright drives it).
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+	@command -v chromium
+
+test: install postgres browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
@@ -90,6 +91,11 @@ _TOKEN_LOOKUP = (
     .join(User, col(User.id) == col(ApiToken.user_id))
     .where(col(ApiToken.token_hash) == bindparam("token_hash"))
 )
+_TOKEN_BY_ID = (
+    sa_select(*_TOKEN_LOOKUP.selected_columns)
+    .join(User, col(User.id) == col(ApiToken.user_id))
+    .where(col(ApiToken.id) == bindparam("token_id"))
+)
 
 
 def default_scopes(role: Role) -> list[str]:
@@ -141,6 +147,29 @@ def authenticate(
     if secret.startswith(tokens.PREFIX) and not tokens.well_formed(secret):
         raise Unauthenticated("invalid or expired token")
     row = session.connection().execute(_TOKEN_LOOKUP, {"token_hash": tokens.digest(secret)}).first()
+    return _principal(session, row, now, touch_interval_s, origin)
+
+
+def authenticate_token_id(
+    session: Session,
+    token_id: str,
+    now: datetime,
+    touch_interval_s: float,
+    origin: Origin | None = None,
+) -> Principal:
+    """The caller acting with the token ``token_id`` (a portal session's token), checked
+    exactly as a bearer token is: revoked, expired or of a disabled user is a 401."""
+    row = session.connection().execute(_TOKEN_BY_ID, {"token_id": token_id}).first()
+    return _principal(session, row, now, touch_interval_s, origin)
+
+
+def _principal(
+    session: Session,
+    row: Any,  # a row of _TOKEN_LOOKUP or _TOKEN_BY_ID, or None
+    now: datetime,
+    touch_interval_s: float,
+    origin: Origin | None,
+) -> Principal:
     if row is None:
         raise Unauthenticated("invalid or expired token")
     token_id, scopes, expires_at, revoked_at, last_used_at, user_id, member_id, role, disabled = row

@@ -16,6 +16,8 @@ from controlplane.api.deps import SessionDep
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
 from controlplane.audit import signing
 from controlplane.db.engine import make_engine, migrate
+from controlplane.portal import routes as portal
+from controlplane.portal import views as portal_views
 from controlplane.services.bootstrap import BootstrapResult, bootstrap
 from controlplane.settings import Settings
 
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.audit_key = signing.load_or_create(settings.resolved_audit_key_path)
     if settings.warm_planner:
         planning.warm_up_in_background()
-    errors.install(app)
+    errors.install(app, html=portal.error_page)
 
     app.add_middleware(RequestIdMiddleware)
 
@@ -107,7 +109,23 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # a path, so the order changes nothing else (only the order of paths in /openapi.json).
     for module in (jobs, tenancy, inventory, data, plan, artifacts, audit):
         app.include_router(module.router)
+    _portal(app)
     return app
+
+
+def _portal(app: FastAPI) -> None:
+    """The web portal at /portal (pages over the same services), its assets, and / to it."""
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.include_router(portal.router)
+    app.mount(
+        "/portal/static", StaticFiles(directory=portal_views.WEB_DIR / "static"), name="portal"
+    )
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/portal/jobs", status_code=303)
 
 
 def _self_hosted_docs(app: FastAPI) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -51,27 +52,39 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
     return out
 
 
-def install(app: FastAPI) -> None:
+# Pages under this prefix (the portal) show errors as pages; ``install`` gets the renderer.
+HTML_PREFIX = "/portal"
+HtmlErrors = Callable[[Request, int, str, str, dict[str, Any]], Response]
+
+
+def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
+    def respond(
+        request: Request, status: int, code: str, message: str, details: dict[str, Any]
+    ) -> Response:
+        if html is not None and request.url.path.startswith(HTML_PREFIX):
+            return html(request, status, code, message, details)
+        return error_response(status, code, message, details)
+
     @app.exception_handler(NuriError)
-    async def _nuri(_: Request, exc: NuriError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    async def _nuri(request: Request, exc: NuriError) -> Response:
+        return respond(request, exc.status_code, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = _clean_validation_errors(exc)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p != "body") or "request"
-        return error_response(
-            422, "validation_error", f"{where}: {first['msg']}", {"errors": errors}
+        return respond(
+            request, 422, "validation_error", f"{where}: {first['msg']}", {"errors": errors}
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), {})
+        return respond(request, exc.status_code, code, str(exc.detail), {})
 
     @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: DBAPIError) -> Response:
         # A lost connection (a restarted server, a dropped link; the pool replaces it) or a
         # database that cannot be reached or is busy: a retry is the cure.
         if exc.connection_invalidated or isinstance(exc, OperationalError):
@@ -81,7 +94,8 @@ def install(app: FastAPI) -> None:
                 request.url.path,
                 type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
             )
-            response = error_response(
+            response = respond(
+                request,
                 503,
                 "database_unavailable",
                 "the database is unavailable or lost the connection; retry the request "
@@ -90,18 +104,16 @@ def install(app: FastAPI) -> None:
             )
             response.headers["Retry-After"] = "1"
             return response
-        return _internal_error(request)
+        return respond(request, *_internal_error(request))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _internal_error(request)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        return respond(request, *_internal_error(request))
 
 
-def _internal_error(request: Request) -> JSONResponse:
+def _internal_error(request: Request) -> tuple[int, str, str, dict[str, Any]]:
     """A bug, not bad input: logged (with the traceback being handled) and the request id for
     operators; the client is told nothing internal."""
     rid = request.headers.get("x-request-id", "")
     log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, rid)
-    return error_response(
-        500, "internal_error", "internal error; it has been logged", {"request_id": rid}
-    )
+    return 500, "internal_error", "internal error; it has been logged", {"request_id": rid}

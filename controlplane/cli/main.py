@@ -103,8 +103,8 @@ def up(
     )
     checkpointer.start()
     console.print(
-        f"Nuri API at http://{settings.host}:{settings.port} "
-        f"(docs at /docs, database {engine.dialect.name})"
+        f"Nuri at http://{settings.host}:{settings.port}: portal at /portal, "
+        f"API docs at /docs (database {engine.dialect.name})"
     )
     try:
         uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")

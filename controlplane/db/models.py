@@ -97,6 +97,23 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class PortalSession(SQLModel, table=True):
+    """A browser signed in to the portal with an API token.
+
+    The cookie holds a random secret; only its SHA-256 is stored, as for tokens. The session
+    acts as its token (same user, role, member and scopes) and ends at sign-out, at its
+    expiry (never later than the token's), or when the token is revoked or its user disabled.
+    """
+
+    id: str = Field(default_factory=lambda: new_id("ps"), primary_key=True, max_length=40)
+    secret_hash: str = Field(unique=True, index=True, max_length=64)
+    token_id: str = Field(foreign_key="apitoken.id", index=True, max_length=40)
+    user_id: str = Field(foreign_key="user.id", max_length=40)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 # --- cluster inventory ---------------------------------------------------------------------
 
 

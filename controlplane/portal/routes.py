@@ -1,0 +1,376 @@
+"""The portal's pages (``/portal``): thin handlers over the same services as the REST API.
+
+Every page acts as the signed-in session's token (see ``sessions``): listings are scoped to
+the caller's member, another member's job is a 404 page, roles and scopes decide what a
+form may do, and every change is audited by the service that makes it. Errors are pages
+with the same ``code`` and message as the API's JSON (``controlplane.api.errors``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session, col, func, select
+
+from controlplane.api import schemas
+from controlplane.api.deps import SessionDep, SettingsDep
+from controlplane.auth import Origin, Principal, trace_id_from
+from controlplane.db.models import Job, JobMetric, Member, Pool, PriorityClass, Role, User
+from controlplane.db.types import utcnow
+from controlplane.errors import NuriError, Unauthenticated
+from controlplane.portal import sessions, views
+from controlplane.services import auditing, datasets, inventory, jobs
+
+router = APIRouter(prefix="/portal", include_in_schema=False)
+PAGE_SIZE = 50
+
+
+class SignInRequired(Unauthenticated):
+    """No live portal session: the error page handler sends the browser to sign in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """Who is looking at a page: the principal, and what the layout shows about them."""
+
+    principal: Principal
+    secret: str
+    csrf: str
+    email: str
+    member_name: str | None
+
+    @property
+    def role(self) -> str:
+        return self.principal.role.value
+
+    @property
+    def submits(self) -> bool:
+        """Only a member's users and admins submit jobs (with a token that may write)."""
+        p = self.principal
+        return p.member_id is not None and p.role is not Role.AUDITOR and "write" in p.scopes
+
+    @property
+    def reads_audit(self) -> bool:
+        return self.principal.role in (Role.AUDITOR, Role.PLATFORM_ADMIN, Role.MEMBER_ADMIN)
+
+
+def origin_of(request: Request) -> Origin:
+    return Origin(
+        source_ip=request.client.host if request.client else None,
+        request_id=getattr(request.state, "request_id", None),
+        trace_id=trace_id_from(request.headers.get("traceparent")),
+    )
+
+
+def get_visit(request: Request, session: SessionDep, settings: SettingsDep) -> Visit:
+    secret = request.cookies.get(sessions.COOKIE)
+    if not secret:
+        raise SignInRequired("sign in to use the portal")
+    principal, _row = sessions.resolve(
+        session, secret, utcnow(), settings.token_touch_interval_s, origin_of(request)
+    )
+    user = session.get(User, principal.user_id)
+    member = session.get(Member, principal.member_id) if principal.member_id else None
+    return Visit(
+        principal,
+        secret,
+        sessions.csrf_token(secret),
+        user.email if user else principal.user_id,
+        member.name if member else None,
+    )
+
+
+VisitDep = Annotated[Visit, Depends(get_visit)]
+
+
+async def read_form(request: Request) -> list[tuple[str, str]]:
+    return views.parse_form(await request.body())
+
+
+FormDep = Annotated[list[tuple[str, str]], Depends(read_form)]
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return views.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def field(form: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in form if k == name), None)
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def local_next(target: str | None) -> str:
+    """Where to go after signing in: only a portal path (never another site)."""
+    if target and target.startswith("/portal/") and "//" not in target and "\\" not in target:
+        return target
+    return "/portal/jobs"
+
+
+# -- signing in and out ----------------------------------------------------------------------
+
+
+@router.get("")
+@router.get("/")
+def home() -> RedirectResponse:
+    return see_other("/portal/jobs")
+
+
+@router.get("/login")
+def login_form(request: Request, next: str | None = None) -> HTMLResponse:
+    return page(request, "login.html", next=local_next(next), error=None)
+
+
+@router.post("/login")
+def login(request: Request, session: SessionDep, settings: SettingsDep, form: FormDep) -> Response:
+    target = local_next(field(form, "next"))
+    token = field(form, "token") or ""
+    try:
+        secret, _ = sessions.sign_in(
+            session, token, utcnow(), settings.token_touch_interval_s, origin_of(request)
+        )
+    except Unauthenticated as exc:
+        return page(request, "login.html", 401, next=target, error=exc.message)
+    response = see_other(target)
+    response.set_cookie(
+        sessions.COOKIE,
+        secret,
+        max_age=int(sessions.LIFETIME.total_seconds()),
+        path="/portal",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: SessionDep, settings: SettingsDep, form: FormDep) -> Response:
+    secret = request.cookies.get(sessions.COOKIE)
+    if secret:
+        sessions.check_csrf(secret, field(form, "csrf"))
+        try:
+            principal, row = sessions.resolve(
+                session, secret, utcnow(), settings.token_touch_interval_s, origin_of(request)
+            )
+        except Unauthenticated:
+            pass  # already over: just forget the cookie
+        else:
+            sessions.sign_out(session, principal, row, utcnow())
+    response = see_other("/portal/login")
+    response.delete_cookie(sessions.COOKIE, path="/portal")
+    return response
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+def job_list(
+    request: Request,
+    session: SessionDep,
+    visit: VisitDep,
+    show: str = "active",
+    cursor: str | None = None,
+) -> HTMLResponse:
+    statuses = {"active": list(views.ACTIVE), "finished": list(views.FINISHED)}.get(show)
+    if statuses is None:
+        show = "all"
+    rows, nxt = jobs.list_jobs(session, visit.principal, PAGE_SIZE, cursor, statuses)
+    members = _member_names(session, {r.member_id for r in rows})
+    return page(
+        request,
+        "jobs.html",
+        visit=visit,
+        jobs=[schemas.JobPublic.model_validate(r) for r in rows],
+        members=members,
+        show=show,
+        next_cursor=nxt,
+    )
+
+
+@router.get("/jobs/new")
+def submit_form(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
+    return _submit_page(request, session, visit, views.SubmitForm(), None, 200)
+
+
+@router.post("/jobs/new")
+def submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    visit: VisitDep,
+    form: FormDep,
+) -> Response:
+    sessions.check_csrf(visit.secret, field(form, "csrf"))
+    typed = views.SubmitForm.parse(form)
+    # The form's own key: a double click or a resent form gives the same job, not two.
+    key = field(form, "idempotency_key") or None
+    try:
+        body = schemas.JobCreate.model_validate(typed.to_request())
+        job, created = jobs.submit(
+            session, visit.principal, body, key, utcnow(), settings.default_job_retries
+        )
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        ]
+        return _submit_page(request, session, visit, typed, problems, 422, key)
+    except NuriError as exc:
+        session.rollback()
+        detail = [exc.message] + [f"{k}: {v}" for k, v in sorted(exc.details.items())]
+        return _submit_page(request, session, visit, typed, detail, exc.status_code, key)
+    wake = getattr(request.app.state, "scheduler_wake", None)
+    if created and wake is not None:
+        wake()
+    return see_other(f"/portal/jobs/{job.id}")
+
+
+def _submit_page(
+    request: Request,
+    session: Session,
+    visit: Visit,
+    form: views.SubmitForm,
+    errors: list[str] | None,
+    status: int,
+    key: str | None = None,
+) -> HTMLResponse:
+    member_datasets: Sequence[Any] = []
+    if visit.principal.member_id:
+        member_datasets, _ = datasets.list_datasets(session, visit.principal, 200, None, None)
+    return page(
+        request,
+        "submit.html",
+        status,
+        visit=visit,
+        form=form,
+        errors=errors,
+        kinds=views.job_kinds(),
+        pools=session.exec(select(Pool).order_by(col(Pool.name))).all(),
+        classes=session.exec(select(PriorityClass).order_by(col(PriorityClass.value))).all(),
+        datasets=member_datasets,
+        idempotency_key=key or uuid.uuid4().hex,
+    )
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str) -> HTMLResponse:
+    job = schemas.JobPublic.model_validate(jobs.get_job(session, visit.principal, job_id))
+    samples = session.exec(
+        select(JobMetric.step, JobMetric.values)
+        .where(JobMetric.job_id == job.id)
+        .order_by(col(JobMetric.step), col(JobMetric.id))
+        .limit(5000)
+    ).all()
+    return page(
+        request,
+        "job.html",
+        visit=visit,
+        job=job,
+        member=_member_names(session, {job.member_id}).get(job.member_id, job.member_id),
+        events=jobs.events(session, visit.principal, job.id),
+        logs=jobs.logs(session, visit.principal, job.id, None, 50),
+        chart=views.loss_chart(samples),
+    )
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(
+    request: Request, session: SessionDep, visit: VisitDep, form: FormDep, job_id: str
+) -> Response:
+    sessions.check_csrf(visit.secret, field(form, "csrf"))
+    reason = (field(form, "reason") or "").strip()[:500]
+    jobs.cancel(session, visit.principal, job_id, reason or "cancelled in the portal", utcnow())
+    return see_other(f"/portal/jobs/{quote(job_id)}")
+
+
+# -- usage, data, audit ----------------------------------------------------------------------
+
+
+@router.get("/usage")
+def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
+    caller = visit.principal
+    quotas, _ = inventory.list_quotas(session, caller, 1000, None, None, None)
+    budgets, _ = inventory.list_budgets(session, caller, 1000, None, None)
+    pools = {p.id: p.name for p in session.exec(select(Pool)).all()}
+    in_use: dict[tuple[str, str], int] = {}
+    held = (
+        select(Job.member_id, Job.pool, func.sum(Job.gpus))
+        .where(col(Job.status).in_(["ADMITTED", "RUNNING", "PREEMPTING"]))
+        .group_by(col(Job.member_id), col(Job.pool))
+    )
+    if not caller.reads_all_members:
+        held = held.where(Job.member_id == (caller.member_id or ""))
+    for member_id, pool, gpus in session.exec(held).all():
+        if pool is not None:
+            in_use[(member_id, pool)] = int(gpus or 0)
+    member_ids = {q.member_id for q in quotas} | {b.member_id for b in budgets}
+    rows = []
+    for q in sorted(quotas, key=lambda q: (q.member_id, pools.get(q.pool_id, ""))):
+        name = pools.get(q.pool_id, q.pool_id)
+        rows.append((q, name, in_use.get((q.member_id, name), 0)))
+    return page(
+        request,
+        "usage.html",
+        visit=visit,
+        members=_member_names(session, member_ids),
+        quotas=rows,
+        budgets=[
+            inventory.budget_public(session, b)
+            for b in sorted(budgets, key=lambda b: (b.member_id, b.period))
+        ],
+    )
+
+
+@router.get("/datasets")
+def dataset_list(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
+    rows, _ = datasets.list_datasets(session, visit.principal, 500, None, None)
+    return page(
+        request,
+        "datasets.html",
+        visit=visit,
+        datasets=rows,
+        members=_member_names(session, {r.member_id for r in rows}),
+    )
+
+
+@router.get("/audit")
+def audit(request: Request, session: SessionDep, visit: VisitDep, after: int = 0) -> HTMLResponse:
+    events, nxt = auditing.list_events(session, visit.principal, None, after, 100, utcnow())
+    return page(request, "audit.html", visit=visit, events=events, next_after=nxt, report=None)
+
+
+@router.post("/audit/verify")
+def audit_verify(
+    request: Request, session: SessionDep, visit: VisitDep, form: FormDep
+) -> HTMLResponse:
+    sessions.check_csrf(visit.secret, field(form, "csrf"))
+    key = request.app.state.audit_key
+    report = auditing.verify(session, visit.principal, key, None, utcnow())
+    return page(request, "audit.html", visit=visit, events=[], next_after=None, report=report)
+
+
+def _member_names(session: Session, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    rows = session.exec(select(Member.id, Member.name).where(col(Member.id).in_(ids))).all()
+    return dict(rows)
+
+
+def error_page(
+    request: Request, status: int, code: str, message: str, details: dict[str, Any]
+) -> Response:
+    """An error as a page (the API's JSON body, for people); without a session, sign in."""
+    if status == 401 and request.url.path != "/portal/login":
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return see_other(f"/portal/login?next={quote(local_next(here), safe='')}")
+    return page(request, "error.html", status, code=code, message=message, details=details)

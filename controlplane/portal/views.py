@@ -1,0 +1,165 @@
+"""Rendering helpers of the portal: templates, formats, the loss curve, the submit form.
+
+Nothing here reads the database or decides anything; ``routes`` does both through the
+services and passes plain values in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi.templating import Jinja2Templates
+
+from controlplane.db.models import JobKind
+from controlplane.jobstate import TERMINAL, JobStatus
+
+# web/ sits beside the packages (the fixed top level): templates and static assets.
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+templates = Jinja2Templates(directory=WEB_DIR / "templates")
+
+ACTIVE = ("QUEUED", "ADMITTED", "RUNNING", "PREEMPTING")
+FINISHED = tuple(s.value for s in TERMINAL)
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp as operators read it: UTC, to the second."""
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    hours = seconds / 3600
+    return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h"
+
+
+def terminal(status: str) -> bool:
+    return JobStatus(status) in TERMINAL
+
+
+templates.env.filters["when"] = when
+templates.env.filters["duration"] = duration
+templates.env.tests["terminal"] = terminal
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """A metric's curve as an SVG polyline (the portal ships no JavaScript)."""
+
+    metric: str
+    points: str
+    first: float
+    last: float
+    low: float
+    high: float
+    steps: int
+    width: int = 640
+    height: int = 160
+
+
+def loss_chart(
+    samples: Sequence[tuple[int, Mapping[str, Any]]], metric: str = "loss"
+) -> Chart | None:
+    """``samples`` are (step, values) in step order; None when the metric was never reported."""
+    series = [
+        (step, float(values[metric]))
+        for step, values in samples
+        if isinstance(values.get(metric), int | float)
+    ]
+    if not series:
+        return None
+    chart = Chart(metric, "", series[0][1], series[-1][1], 0.0, 0.0, len(series))
+    low = min(v for _, v in series)
+    high = max(v for _, v in series)
+    first_step, last_step = series[0][0], series[-1][0]
+    span_x = max(1, last_step - first_step)
+    span_y = (high - low) or 1.0
+    pad = 8
+    w, h = chart.width - 2 * pad, chart.height - 2 * pad
+    points = " ".join(
+        f"{pad + (step - first_step) / span_x * w:.1f},{pad + (high - v) / span_y * h:.1f}"
+        for step, v in series
+    )
+    return Chart(metric, points, series[0][1], series[-1][1], low, high, len(series))
+
+
+@dataclass(slots=True)
+class SubmitForm:
+    """The submit form's fields as the user typed them (re-shown after an error)."""
+
+    kind: str = "lora"
+    model: str = "axk1-tiny"
+    name: str = ""
+    gpus: str = "8"
+    allowed_pools: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    priority_class: str = "research"
+    max_runtime_h: str = "24"
+    preemptible: str = "default"  # default | yes | no
+
+    @classmethod
+    def parse(cls, pairs: list[tuple[str, str]]) -> SubmitForm:
+        form = cls(allowed_pools=[], inputs=[])
+        for key, value in pairs:
+            if key in ("allowed_pools", "inputs"):
+                getattr(form, key).append(value)
+            elif key in ("kind", "model", "name", "gpus", "priority_class", "max_runtime_h"):
+                setattr(form, key, value.strip())
+            elif key == "preemptible":
+                form.preemptible = value
+        return form
+
+    def to_request(self) -> dict[str, Any]:
+        """The REST body this form stands for; numbers that do not parse are passed on as
+        text, so validation reports them exactly as it would for the API."""
+        body: dict[str, Any] = {
+            "kind": self.kind,
+            "model": self.model,
+            "gpus": _number(self.gpus),
+            "allowed_pools": self.allowed_pools,
+            "inputs": self.inputs,
+            "priority_class": self.priority_class,
+            "max_runtime_s": _hours_to_seconds(self.max_runtime_h),
+        }
+        if self.name:
+            body["name"] = self.name
+        if self.preemptible in ("yes", "no"):
+            body["preemptible"] = self.preemptible == "yes"
+        return body
+
+
+def _number(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _hours_to_seconds(text: str) -> int | str:
+    try:
+        return round(float(text) * 3600)
+    except ValueError:
+        return text
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    """An ``application/x-www-form-urlencoded`` body as (name, value) pairs, in order."""
+    return parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+
+
+def job_kinds() -> list[str]:
+    return [k.value for k in JobKind]
