@@ -42,7 +42,7 @@ def test_upgrade_head_matches_the_models(empty_engine: Engine) -> None:
     assert _diff(engine) == []
     with engine.connect() as conn:
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert head == "0005"
+    assert head == "0006"
 
 
 def test_migrate_is_idempotent_and_reversible(empty_engine: Engine) -> None:
