@@ -57,6 +57,10 @@ class Visit:
         return p.member_id is not None and p.role is not Role.AUDITOR and "write" in p.scopes
 
     @property
+    def manages_users(self) -> bool:
+        return self.principal.role in (Role.PLATFORM_ADMIN, Role.MEMBER_ADMIN)
+
+    @property
     def reads_audit(self) -> bool:
         return self.principal.role in (Role.AUDITOR, Role.PLATFORM_ADMIN, Role.MEMBER_ADMIN)
 
@@ -186,7 +190,7 @@ def job_list(
     if statuses is None:
         show = "all"
     rows, nxt = jobs.list_jobs(session, visit.principal, PAGE_SIZE, cursor, statuses)
-    members = _member_names(session, {r.member_id for r in rows})
+    members = member_names(session, {r.member_id for r in rows})
     return page(
         request,
         "jobs.html",
@@ -276,7 +280,7 @@ def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str
         "job.html",
         visit=visit,
         job=job,
-        member=_member_names(session, {job.member_id}).get(job.member_id, job.member_id),
+        member=member_names(session, {job.member_id}).get(job.member_id, job.member_id),
         events=jobs.events(session, visit.principal, job.id),
         logs=jobs.logs(session, visit.principal, job.id, None, 50),
         chart=views.loss_chart(samples),
@@ -322,7 +326,7 @@ def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLRespons
         request,
         "usage.html",
         visit=visit,
-        members=_member_names(session, member_ids),
+        members=member_names(session, member_ids),
         quotas=rows,
         budgets=[
             inventory.budget_public(session, b)
@@ -339,7 +343,7 @@ def dataset_list(request: Request, session: SessionDep, visit: VisitDep) -> HTML
         "datasets.html",
         visit=visit,
         datasets=rows,
-        members=_member_names(session, {r.member_id for r in rows}),
+        members=member_names(session, {r.member_id for r in rows}),
     )
 
 
@@ -359,7 +363,7 @@ def audit_verify(
     return page(request, "audit.html", visit=visit, events=[], next_after=None, report=report)
 
 
-def _member_names(session: Session, ids: set[str]) -> dict[str, str]:
+def member_names(session: Session, ids: set[str]) -> dict[str, str]:
     if not ids:
         return {}
     rows = session.exec(select(Member.id, Member.name).where(col(Member.id).in_(ids))).all()
