@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
@@ -86,6 +86,10 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection failed its ping") from exc
 
 
+# pg_advisory_xact_lock key of schema migrations ("NURI" in ASCII).
+MIGRATION_LOCK = 0x4E555249
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -97,6 +101,11 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to head. Runs on the given engine's connection (works for :memory:)."""
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several replicas start at once (API pods, schedulers): one migrates, the others
+            # wait here and then find the schema at head. The lock ends with the transaction,
+            # which holds the whole upgrade (DDL is transactional on PostgreSQL).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

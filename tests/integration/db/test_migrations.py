@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -10,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 import controlplane.db.models  # noqa: F401
-from controlplane.db.engine import alembic_config, migrate
+from controlplane.db.engine import alembic_config, make_engine, migrate
 
 
 def _diff(engine: Engine) -> list[object]:
@@ -63,3 +66,34 @@ def test_sqlite_runs_in_wal_mode(sqlite_engine: Engine) -> None:
     with sqlite_engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_migrate_once(pg_empty_database: str) -> None:
+    """Four processes' worth of engines migrate one empty PostgreSQL database at once (as API
+    replicas and schedulers do when a release starts): all succeed, the schema is at head."""
+    engines = [make_engine(pg_empty_database) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    errors: list[BaseException] = []
+
+    def start(engine: Engine) -> None:
+        barrier.wait()
+        try:
+            migrate(engine)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert errors == []
+        assert _diff(engines[0]) == []
+        with engines[0].connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [v for (v,) in versions] == ["0006"]
+    finally:
+        for e in engines:
+            e.dispose()
