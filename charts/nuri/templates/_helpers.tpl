@@ -1,0 +1,77 @@
+{{/* Names and labels. */}}
+{{- define "nuri.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "nuri.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "nuri.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "nuri.secretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-secrets" (include "nuri.fullname" .)) -}}
+{{- end -}}
+
+{{- define "nuri.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{- define "nuri.postgresHost" -}}
+{{- printf "%s-postgresql" (include "nuri.fullname" .) -}}
+{{- end -}}
+
+{{- define "nuri.rayHead" -}}
+{{- printf "%s-ray-head-svc" (include "nuri.fullname" .) -}}
+{{- end -}}
+
+{{- define "nuri.checkpointClaim" -}}
+{{- .Values.checkpoints.existingClaim | default (printf "%s-checkpoints" (include "nuri.fullname" .)) -}}
+{{- end -}}
+
+{{/* The environment every control-plane container shares. */}}
+{{- define "nuri.env" -}}
+- name: NURI_ENV
+  value: prod
+- name: NURI_HOME
+  value: /var/lib/nuri
+- name: NURI_DATABASE_URL
+  valueFrom:
+    secretKeyRef: {name: {{ include "nuri.secretName" . }}, key: database-url}
+- name: NURI_BOOTSTRAP_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "nuri.secretName" . }}, key: bootstrap-admin-token}
+- name: NURI_AUDIT_KEY_PATH
+  value: /var/run/nuri/audit/audit-signing-key.pem
+- name: NURI_RAY_ADDRESS
+  value: {{ printf "ray://%s:10001" (include "nuri.rayHead" .) | quote }}
+- name: RAY_AUTH_MODE
+  value: disabled
+{{- end -}}
+
+{{- define "nuri.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{- define "nuri.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
