@@ -152,7 +152,8 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, form: Fo
         path="/portal",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Behind a TLS-terminating ingress the request arrives as http: prod always marks it.
+        secure=request.url.scheme == "https" or settings.env == "prod",
     )
     return response
 

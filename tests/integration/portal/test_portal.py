@@ -270,3 +270,13 @@ def test_job_page_shows_logs_and_the_loss_curve(world: World) -> None:
     assert xy[0][1] < xy[-1][1]  # loss falls: the last point is lower on the chart (larger y)
     assert "first 2.5" in page and "last 1.2" in page
     assert "step 5 loss 1.2000 &lt;ok&gt;" in page
+
+
+def test_session_cookie_is_secure_in_prod(world: World) -> None:
+    """Behind a TLS-terminating ingress requests arrive as plain http: in prod the cookie is
+    marked Secure all the same (in dev, on http://127.0.0.1, it cannot be)."""
+    dev = browser(world).post("/portal/login", data={"token": world.a.user_token})
+    assert "secure" not in dev.headers["set-cookie"].lower()
+    world.client.app.state.settings.env = "prod"  # type: ignore[attr-defined]
+    prod = browser(world).post("/portal/login", data={"token": world.a.user_token})
+    assert prod.status_code == 303 and "; secure" in prod.headers["set-cookie"].lower()
