@@ -16,6 +16,7 @@ from controlplane.api.deps import SessionDep
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
 from controlplane.audit import signing
 from controlplane.db.engine import make_engine, migrate
+from controlplane.portal import admin as portal_admin
 from controlplane.portal import people as portal_people
 from controlplane.portal import routes as portal
 from controlplane.portal import views as portal_views
@@ -121,6 +122,7 @@ def _portal(app: FastAPI) -> None:
 
     app.include_router(portal.router)
     app.include_router(portal_people.router)
+    app.include_router(portal_admin.router)
     app.mount(
         "/portal/static", StaticFiles(directory=portal_views.WEB_DIR / "static"), name="portal"
     )
