@@ -91,6 +91,17 @@ class NuriClient:
             )
         return resp.json() if resp.content else None
 
+    def request_text(self, method: str, path: str, *, params: dict[str, Any] | None = None) -> str:
+        """Like ``request`` for a route that answers text (a CSV export), errors alike."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._http.request(method, path, params=clean)
+        except httpx.HTTPError as exc:
+            raise NuriConnectionError(f"cannot reach Nuri at {self.base_url}: {exc}") from exc
+        if resp.status_code >= 400:
+            self.request(method, path, params=params)  # raises the API error with its body
+        return resp.text
+
     def paginate(
         self, path: str, params: dict[str, Any] | None = None, limit: int | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 "nodes",
                 "quotas",
                 "budgets",
+                "usage",
                 "artifacts",
                 "policies",
                 "audit",

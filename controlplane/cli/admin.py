@@ -1,4 +1,4 @@
-"""`nuri admin members|users|tokens|pools|nodes|quotas|budgets ...` and `nuri datasets ...`."""
+"""`nuri admin members|users|tokens|pools|nodes|quotas|budgets|usage ...`, `nuri datasets ...`."""
 
 from __future__ import annotations
 
@@ -396,3 +396,34 @@ def policies_activate(version_id: int, as_json: JsonOpt = False) -> None:
 def policies_revert(as_json: JsonOpt = False) -> None:
     """Go back to the policy set shipped with this release."""
     _show(call(lambda c: c.request("POST", "/v1/policies/revert")), as_json)
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+@admin_app.command("usage")
+def usage(
+    period: Annotated[str, typer.Option(help="2026-Q4, 2026-H1 or 2026-11")],
+    member: Annotated[str | None, typer.Option(help="one member (admins and auditors)")] = None,
+    csv_out: Annotated[bool, typer.Option("--csv", help="print CSV (for spreadsheets)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """GPU-hours per member and pool in a period (your member's, or every member's)."""
+    params = {"period": period, "member": member}
+    if csv_out:
+
+        def fetch_csv(c: NuriClient) -> str:
+            return c.request_text("GET", "/v1/usage", params={**params, "format": "csv"})
+
+        typer.echo(call(fetch_csv), nl=False)
+        return
+    report = call(lambda c: c.request("GET", "/v1/usage", params=params))
+    if as_json:
+        emit(report, True)
+        return
+    emit(
+        {"items": report["lines"]},
+        False,
+        ["member", "pool", "jobs", "attempts", "gpu_hours", "running_attempts"],
+        title=f"usage {report['period']}: {report['total_gpu_hours']} GPU-hours",
+    )

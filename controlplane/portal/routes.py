@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
+from controlplane import usage as usage_periods
 from controlplane.api import schemas
 from controlplane.api.deps import SessionDep, SettingsDep
 from controlplane.auth import Origin, Principal, trace_id_from
@@ -26,7 +27,7 @@ from controlplane.db.models import Job, JobMetric, Member, Pool, PriorityClass, 
 from controlplane.db.types import utcnow
 from controlplane.errors import NuriError, Unauthenticated
 from controlplane.portal import sessions, views
-from controlplane.services import auditing, datasets, inventory, jobs
+from controlplane.services import auditing, datasets, inventory, jobs, reports
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 PAGE_SIZE = 50
@@ -327,12 +328,24 @@ def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLRespons
         request,
         "usage.html",
         visit=visit,
+        period=usage_periods.period_of(utcnow()),
         members=member_names(session, member_ids),
         quotas=rows,
         budgets=[
             inventory.budget_public(session, b)
             for b in sorted(budgets, key=lambda b: (b.member_id, b.period))
         ],
+    )
+
+
+@router.get("/usage.csv")
+def usage_csv(session: SessionDep, visit: VisitDep, period: str) -> Response:
+    """The usage report as the REST API's ``format=csv`` gives it, for spreadsheets."""
+    report = reports.usage_report(session, visit.principal, period, utcnow())
+    return Response(
+        report.to_csv(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="nuri-usage-{period}.csv"'},
     )
 
 

@@ -1,13 +1,15 @@
-"""/v1/pools, /v1/nodes, /v1/priority-classes, /v1/quotas, /v1/budgets."""
+"""/v1/pools, /v1/nodes, /v1/priority-classes, /v1/quotas, /v1/budgets, /v1/usage."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response, status
 
 from controlplane.api import schemas
 from controlplane.api.deps import CallerDep, PageDep, SessionDep
 from controlplane.db.types import utcnow
-from controlplane.services import inventory, lookup
+from controlplane.services import inventory, lookup, reports
 
 router = APIRouter(prefix="/v1")
 
@@ -147,3 +149,23 @@ def update_budget(
     return inventory.budget_public(
         session, inventory.update_budget(session, caller, budget_id, body, utcnow())
     )
+
+
+@router.get("/usage", operation_id="getUsageReport", tags=["usage"])
+def usage_report(
+    session: SessionDep,
+    caller: CallerDep,
+    period: Annotated[str, Query(description="2026-Q4, 2026-H1 or 2026-11", max_length=20)],
+    member: Annotated[str | None, Query(max_length=100)] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    """GPU-hours per member and pool in the period (your member's, or every member's for
+    platform admins and auditors); ``format=csv`` downloads it as a CSV file."""
+    report = reports.usage_report(session, caller, period, utcnow(), member)
+    if format == "csv":
+        return Response(
+            report.to_csv(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="nuri-usage-{period}.csv"'},
+        )
+    return report.to_dict()

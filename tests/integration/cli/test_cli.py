@@ -306,3 +306,14 @@ def test_policy_admin_commands(server: str, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "same" in r.output
     r = nuri(server, ADMIN_TOKEN, "admin", "policies", "revert", "--json")
     assert r.exit_code == 0 and '"source": "shipped"' in r.output
+
+
+def test_usage_report_table_and_csv(server: str) -> None:
+    r = nuri(server, ADMIN_TOKEN, "admin", "usage", "--period", "2026-11")
+    assert r.exit_code == 0, r.output
+    assert "usage 2026-11: 0 GPU-hours" in r.output.replace("0.0", "0")
+    r = nuri(server, ADMIN_TOKEN, "admin", "usage", "--period", "2026-Q4", "--csv")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == ["member,pool,jobs,attempts,gpu_hours,running_attempts"]
+    r = nuri(server, ADMIN_TOKEN, "admin", "usage", "--period", "2026-13", "--csv")
+    assert r.exit_code != 0 and "bad month" in r.output
