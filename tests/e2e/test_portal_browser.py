@@ -44,7 +44,11 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     }
     env.pop("NURI_DATABASE_URL", None)
     url = f"http://127.0.0.1:{port}"
-    with nuri_server(["api", "--port", str(port)], port, env, tmp_path, tmp_path / "api.log"):
+    # One API process: the first submission of each process imports the capacity planner
+    # (torch, transformers), which takes seconds on a fresh machine; the fixture's own
+    # submission below pays it before the browser starts.
+    args = ["api", "--workers", "1", "--port", str(port)]
+    with nuri_server(args, port, env, tmp_path, tmp_path / "api.log"):
         root = {"Authorization": f"Bearer {ADMIN}"}
         world: dict[str, Any] = {"url": url}
         with httpx.Client(base_url=url, headers=root, timeout=30) as c:
@@ -74,6 +78,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
             f"{url}/v1/jobs",
             headers={"Authorization": f"Bearer {world['chips']}"},
             json={"kind": "lora", "model": "axk1-tiny", "gpus": 8, "name": "chips-secret"},
+            timeout=180,
         )
         assert other.status_code == 201
         world["foreign_job"] = other.json()["id"]
@@ -86,8 +91,10 @@ def test_member_user_submits_follows_and_cancels_a_job(server: dict[str, Any]) -
     url = server["url"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        expect.set_options(timeout=30_000)  # a loaded 2-core machine, not a fast desktop
         try:
             page = browser.new_page()
+            page.set_default_timeout(60_000)
             page.goto(f"{url}/portal/jobs")
             expect(page).to_have_url(f"{url}/portal/login?next=%2Fportal%2Fjobs")
 
@@ -137,7 +144,9 @@ def test_member_user_submits_follows_and_cancels_a_job(server: dict[str, Any]) -
 
     # What the browser did is what the API sees.
     job = httpx.get(
-        f"{url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {server['univ']}"}
+        f"{url}/v1/jobs/{job_id}",
+        headers={"Authorization": f"Bearer {server['univ']}"},
+        timeout=60,
     ).json()
     assert job["status"] == "CANCELLED" and job["kind"] == "finetune"
     assert job["max_runtime_s"] == 3 * 3600 and job["allowed_pools"] == ["kr-seoul-h200"]
