@@ -102,8 +102,25 @@ async def read_form(request: Request) -> list[tuple[str, str]]:
 FormDep = Annotated[list[tuple[str, str]], Depends(read_form)]
 
 
+# Every page: never cached (pages carry CSRF tokens, one shows a new token's secret), never
+# framed by another site (no clickjacking of a Cancel button), only this site's assets and
+# forms (the portal ships no script at all).
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return views.templates.TemplateResponse(request, template, context, status_code=status)
+    return views.templates.TemplateResponse(
+        request, template, context, status_code=status, headers=PAGE_HEADERS
+    )
 
 
 def field(form: list[tuple[str, str]], name: str) -> str | None:

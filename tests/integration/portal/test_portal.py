@@ -280,3 +280,18 @@ def test_session_cookie_is_secure_in_prod(world: World) -> None:
     world.client.app.state.settings.env = "prod"  # type: ignore[attr-defined]
     prod = browser(world).post("/portal/login", data={"token": world.a.user_token})
     assert prod.status_code == 303 and "; secure" in prod.headers["set-cookie"].lower()
+
+
+def test_pages_are_not_cached_framed_or_scripted(world: World) -> None:
+    alpha = signed_in(world, world.a.user_token)
+    made = alpha.post(
+        "/portal/tokens",
+        data={"csrf": csrf(alpha, "/portal/tokens"), "name": "ci", "expires_in_days": "7"},
+    )
+    for resp in (alpha.get("/portal/jobs"), made, alpha.get("/portal/jobs/job_missing")):
+        assert resp.headers["cache-control"] == "no-store"
+        assert resp.headers["x-frame-options"] == "DENY"
+        policy = resp.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src" not in policy
+        assert "default-src 'none'" in policy
+    assert "<script" not in made.text
