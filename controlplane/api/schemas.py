@@ -228,6 +228,17 @@ class BudgetUpdate(Input):
     gpu_hours: float = Field(ge=0, le=1e9)
 
 
+class BudgetForecast(Output):
+    """When the budget runs out at the member's current burn (GPUs running now)."""
+
+    remaining_gpu_hours: float
+    gpus_in_use: int
+    current_burn_gpu_hours_per_hour: float
+    average_burn_gpu_hours_per_hour: float
+    exhausted_at: datetime | None
+    lasts_the_period: bool
+
+
 class BudgetPublic(Output):
     id: str
     member_id: str
@@ -236,6 +247,7 @@ class BudgetPublic(Output):
     ends_at: datetime
     gpu_hours: float
     used_gpu_hours: float = 0.0
+    forecast: BudgetForecast | None = None
     updated_at: datetime
 
 

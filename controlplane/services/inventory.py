@@ -18,6 +18,8 @@ from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, InvalidRequest, NotFound
 from controlplane.services import catalog, lookup, paging
 from controlplane.usage import running_gpu_seconds
+from quotas.budgets import forecast as budget_forecast
+from quotas.snapshot import Budget as QuotaBudget
 
 DEFAULT_PRIORITY_CLASSES = (
     PriorityClass(
@@ -358,7 +360,9 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def used_gpu_hours(session: Session, member_id: str, start: datetime, end: datetime) -> float:
+def used_gpu_hours(
+    session: Session, member_id: str, start: datetime, end: datetime, now: datetime | None = None
+) -> float:
     """GPU-hours of closed and running attempts inside [start, end) (records split monthly)."""
     rows = session.exec(
         select(UsageRecord).where(
@@ -367,13 +371,44 @@ def used_gpu_hours(session: Session, member_id: str, start: datetime, end: datet
             col(UsageRecord.started_at) < end,
         )
     ).all()
-    now = utcnow()
+    now = now or utcnow()
     return sum(running_gpu_seconds(r, now) for r in rows) / 3600.0
 
 
 def budget_public(session: Session, row: Budget) -> schemas.BudgetPublic:
+    """The budget with what was used so far and, for a period under way, the forecast of
+    when it runs out at the member's current burn (``quotas.budgets.forecast``)."""
+    now = utcnow()
     out = schemas.BudgetPublic.model_validate(row)
-    out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.starts_at, row.ends_at)
+    out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.starts_at, row.ends_at, now)
+    if row.starts_at <= now < row.ends_at:
+        in_use = session.exec(
+            select(func.coalesce(func.sum(UsageRecord.gpus), 0)).where(
+                UsageRecord.member_id == row.member_id, col(UsageRecord.ended_at).is_(None)
+            )
+        ).one()
+        seen = budget_forecast(
+            QuotaBudget(
+                row.starts_at.timestamp(),
+                row.ends_at.timestamp(),
+                row.gpu_hours,
+                out.used_gpu_hours,
+            ),
+            int(in_use),
+            now.timestamp(),
+        )
+        out.forecast = schemas.BudgetForecast(
+            remaining_gpu_hours=round(seen.remaining_gpu_hours, 3),
+            gpus_in_use=int(in_use),
+            current_burn_gpu_hours_per_hour=seen.current_burn_gpu_hours_per_hour,
+            average_burn_gpu_hours_per_hour=round(seen.average_burn_gpu_hours_per_hour, 3),
+            exhausted_at=(
+                datetime.fromtimestamp(seen.exhausted_at, UTC)
+                if seen.exhausted_at is not None
+                else None
+            ),
+            lasts_the_period=seen.lasts_the_period,
+        )
     return out
 
 

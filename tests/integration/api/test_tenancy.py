@@ -70,6 +70,7 @@ COVERED = {
     ("GET", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/cancel"),
     ("GET", "/v1/jobs/{job_id}/events"),
+    ("GET", "/v1/usage"),
 }
 
 
@@ -119,6 +120,7 @@ def cross_member_requests(w: World) -> list[tuple[str, str, dict[str, Any] | Non
         ("GET", "/v1/quotas", {"member": b.member["name"]}),
         ("GET", "/v1/budgets", {"member": b.member["name"]}),
         ("GET", "/v1/datasets", {"member": b.member["name"]}),
+        ("GET", "/v1/usage", {"period": "2026-Q4", "member": b.member["name"]}),
     ]
 
 

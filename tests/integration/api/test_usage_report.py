@@ -110,3 +110,41 @@ def test_bad_periods_are_4xx_with_a_body(world: World) -> None:
     resp = world.client.get("/v1/usage", headers=world.root)
     assert resp.status_code == 422 and resp.json()["code"] == "validation_error"
     assert world.client.get("/v1/usage?period=2026-11").status_code == 401
+
+
+def test_budgets_forecast_when_they_run_out(world: World) -> None:
+    """The world's budgets are 1,000 GPU-hours for 2026-Q4, the quarter under way."""
+    now = datetime.now(UTC)
+    assert at("2026-10-01T00:00:00") <= now < at("2027-01-01T00:00:00")
+    run(world, world.a.job["id"], now - timedelta(hours=10), None)  # 8 GPUs for 10 h so far
+    budgets = ok(world.client.get("/v1/budgets", headers=world.root))["items"]
+    alpha = next(b for b in budgets if b["member_id"] == world.a.member["id"])
+    beta = next(b for b in budgets if b["member_id"] == world.b.member["id"])
+    seen = alpha["forecast"]
+    assert seen["gpus_in_use"] == 8 and seen["current_burn_gpu_hours_per_hour"] == 8.0
+    assert 79.5 <= alpha["used_gpu_hours"] <= 81.0
+    assert 919.0 <= seen["remaining_gpu_hours"] <= 920.5
+    runs_out = datetime.fromisoformat(seen["exhausted_at"])
+    assert abs((runs_out - now).total_seconds() / 3600 - 115.0) < 0.5  # 920 GPU-h at 8 an hour
+    assert seen["lasts_the_period"] is False
+    assert beta["forecast"] == {
+        "remaining_gpu_hours": 1000.0,
+        "gpus_in_use": 0,
+        "current_burn_gpu_hours_per_hour": 0.0,
+        "average_burn_gpu_hours_per_hour": 0.0,
+        "exhausted_at": None,
+        "lasts_the_period": True,
+    }
+    # The portal shows it to the member.
+    page = signed_in(world, world.a.user_token).get("/portal/usage").text
+    assert "runs out" in page and "8 GPUs running" in page
+    # A period that is not under way has nothing to forecast.
+    past = ok(
+        world.client.post(
+            "/v1/budgets",
+            headers=world.root,
+            json={"member": "alpha", "period": "2026-Q3", "gpu_hours": 10},
+        ),
+        201,
+    )
+    assert past["forecast"] is None

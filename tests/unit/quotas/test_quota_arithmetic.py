@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quotas.budgets import forecast, headroom_gpu_hours, job_cost_gpu_hours
 from quotas.fair_share import FairShare, decay_usage, entitlement_weights
@@ -90,3 +92,35 @@ def test_budget_headroom_and_forecast() -> None:
     assert seen.exhausted_at == pytest.approx(20 * 3600.0)
     assert not seen.lasts_the_period
     assert forecast(budget, 0, 10 * 3600.0).lasts_the_period
+
+
+@given(
+    start=st.floats(0, 1e6),
+    length=st.floats(1, 1e7),
+    limit=st.floats(0, 1e6),
+    used=st.floats(0, 2e6),
+    gpus=st.integers(0, 10_000),
+    into=st.floats(0, 1),
+)
+def test_forecast_invariants(
+    start: float, length: float, limit: float, used: float, gpus: int, into: float
+) -> None:
+    """What the budget forecast promises an admin, for any budget and burn: the remaining
+    hours are exact; an exhaustion time is never in the past and is exactly when the
+    current burn uses up what is left; "lasts the period" means it comes after the end."""
+    budget = Budget(start, start + length, limit, used)
+    now = start + into * length
+    seen = forecast(budget, gpus, now)
+    assert seen.remaining_gpu_hours == limit - used
+    assert seen.current_burn_gpu_hours_per_hour == gpus
+    assert seen.average_burn_gpu_hours_per_hour >= 0
+    if seen.exhausted_at is None:
+        assert gpus == 0 and limit > used and seen.lasts_the_period
+    else:
+        assert seen.exhausted_at >= now
+        if limit > used:
+            burnt = gpus * (seen.exhausted_at - now) / 3600.0
+            assert math.isclose(burnt, limit - used, rel_tol=1e-9, abs_tol=1e-6)
+        else:
+            assert seen.exhausted_at == now  # already exhausted
+        assert seen.lasts_the_period == (seen.exhausted_at >= budget.period_end)
