@@ -35,6 +35,10 @@ def when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def day(value: datetime | None) -> str:
+    return when(value)[:10] if value is not None else "-"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -53,6 +57,7 @@ def terminal(status: str) -> bool:
 
 templates.env.filters["when"] = when
 templates.env.filters["duration"] = duration
+templates.env.filters["day"] = day
 templates.env.tests["terminal"] = terminal
 
 
