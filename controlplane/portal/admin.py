@@ -18,8 +18,7 @@ from controlplane.api.deps import SessionDep
 from controlplane.db.models import Budget, Member, Pool, Quota, Role
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden, NuriError
-from controlplane.portal import sessions
-from controlplane.portal.people import problems_of, status_of
+from controlplane.portal import sessions, views
 from controlplane.portal.routes import FormDep, Visit, VisitDep, field, page, see_other
 from controlplane.services import inventory, tenancy
 
@@ -39,7 +38,9 @@ def add_member(request: Request, session: SessionDep, visit: VisitDep, form: For
         tenancy.create_member(session, visit.principal, schemas.MemberCreate.model_validate(typed))
     except (ValidationError, NuriError) as exc:
         session.rollback()
-        return _page(request, session, visit, problems_of(exc), status_of(exc), "member", typed)
+        return _page(
+            request, session, visit, views.problems_of(exc), views.status_of(exc), "member", typed
+        )
     return see_other("/portal/admin")
 
 
@@ -69,7 +70,9 @@ def set_quota(request: Request, session: SessionDep, visit: VisitDep, form: Form
             inventory.update_quota(session, caller, existing.id, update, utcnow())
     except (ValidationError, NuriError) as exc:
         session.rollback()
-        return _page(request, session, visit, problems_of(exc), status_of(exc), "quota", typed)
+        return _page(
+            request, session, visit, views.problems_of(exc), views.status_of(exc), "quota", typed
+        )
     return see_other("/portal/usage")
 
 
@@ -96,7 +99,9 @@ def set_budget(request: Request, session: SessionDep, visit: VisitDep, form: For
             inventory.update_budget(session, caller, existing.id, update, utcnow())
     except (ValidationError, NuriError) as exc:
         session.rollback()
-        return _page(request, session, visit, problems_of(exc), status_of(exc), "budget", typed)
+        return _page(
+            request, session, visit, views.problems_of(exc), views.status_of(exc), "budget", typed
+        )
     return see_other("/portal/usage")
 
 

@@ -20,7 +20,7 @@ from controlplane.auth import default_scopes
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden, InvalidRequest, NuriError
-from controlplane.portal import sessions
+from controlplane.portal import sessions, views
 from controlplane.portal.routes import (
     FormDep,
     Visit,
@@ -33,17 +33,6 @@ from controlplane.portal.routes import (
 from controlplane.services import tenancy
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
-
-
-def problems_of(exc: ValidationError | NuriError) -> list[str]:
-    """What the user must fix, in the words the API would use."""
-    if isinstance(exc, NuriError):
-        return [exc.message] + [f"{k}: {v}" for k, v in sorted(exc.details.items())]
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()]
-
-
-def status_of(exc: ValidationError | NuriError) -> int:
-    return exc.status_code if isinstance(exc, NuriError) else 422
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -72,7 +61,7 @@ def token_create(
         row, secret = tenancy.create_token(session, visit.principal, body, utcnow())
     except (ValidationError, NuriError) as exc:
         session.rollback()
-        return _tokens_page(request, session, visit, problems_of(exc), status_of(exc))
+        return _tokens_page(request, session, visit, views.problems_of(exc), views.status_of(exc))
     owner = session.get(User, row.user_id)
     return page(
         request,
@@ -147,7 +136,9 @@ def user_create(request: Request, session: SessionDep, visit: VisitDep, form: Fo
         tenancy.create_user(session, visit.principal, body)
     except (ValidationError, NuriError) as exc:
         session.rollback()
-        return _users_page(request, session, visit, problems_of(exc), status_of(exc), body_in)
+        return _users_page(
+            request, session, visit, views.problems_of(exc), views.status_of(exc), body_in
+        )
     return see_other("/portal/users")
 
 

@@ -243,15 +243,10 @@ def submit(
         job, created = jobs.submit(
             session, visit.principal, body, key, utcnow(), settings.default_job_retries
         )
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
-        ]
-        return _submit_page(request, session, visit, typed, problems, 422, key)
-    except NuriError as exc:
+    except (ValidationError, NuriError) as exc:
         session.rollback()
-        detail = [exc.message] + [f"{k}: {v}" for k, v in sorted(exc.details.items())]
-        return _submit_page(request, session, visit, typed, detail, exc.status_code, key)
+        problems, status = views.problems_of(exc), views.status_of(exc)
+        return _submit_page(request, session, visit, typed, problems, status, key)
     wake = getattr(request.app.state, "scheduler_wake", None)
     if created and wake is not None:
         wake()

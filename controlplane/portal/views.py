@@ -14,8 +14,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from controlplane.db.models import JobKind
+from controlplane.errors import NuriError
 from controlplane.jobstate import TERMINAL, JobStatus
 
 # web/ sits beside the packages (the fixed top level): templates and static assets.
@@ -159,6 +161,17 @@ def _hours_to_seconds(text: str) -> int | str:
         return round(float(text) * 3600)
     except ValueError:
         return text
+
+
+def problems_of(exc: ValidationError | NuriError) -> list[str]:
+    """What the user must fix, in the words the API would use."""
+    if isinstance(exc, NuriError):
+        return [exc.message] + [f"{k}: {v}" for k, v in sorted(exc.details.items())]
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()]
+
+
+def status_of(exc: ValidationError | NuriError) -> int:
+    return exc.status_code if isinstance(exc, NuriError) else 422
 
 
 def parse_form(body: bytes) -> list[tuple[str, str]]:
