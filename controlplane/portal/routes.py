@@ -23,11 +23,20 @@ from controlplane import usage as usage_periods
 from controlplane.api import schemas
 from controlplane.api.deps import SessionDep, SettingsDep
 from controlplane.auth import Origin, Principal, trace_id_from
-from controlplane.db.models import Job, JobMetric, Member, Pool, PriorityClass, Role, User
+from controlplane.db.models import (
+    Artifact,
+    Job,
+    JobMetric,
+    Member,
+    Pool,
+    PriorityClass,
+    Role,
+    User,
+)
 from controlplane.db.types import utcnow
 from controlplane.errors import NuriError, Unauthenticated
 from controlplane.portal import sessions, views
-from controlplane.services import auditing, datasets, inventory, jobs, reports
+from controlplane.services import artifacts, auditing, datasets, inventory, jobs, reports
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 PAGE_SIZE = 50
@@ -298,6 +307,9 @@ def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str
         events=jobs.events(session, visit.principal, job.id),
         logs=jobs.logs(session, visit.principal, job.id, None, 50),
         chart=views.loss_chart(samples),
+        outputs=session.exec(
+            select(Artifact).where(Artifact.job_id == job.id).order_by(col(Artifact.created_at))
+        ).all(),
     )
 
 
@@ -370,6 +382,33 @@ def dataset_list(request: Request, session: SessionDep, visit: VisitDep) -> HTML
         visit=visit,
         datasets=rows,
         members=member_names(session, {r.member_id for r in rows}),
+    )
+
+
+@router.get("/artifacts")
+def artifact_list(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
+    rows, _ = artifacts.list_artifacts(session, visit.principal, 500, None)
+    return page(
+        request,
+        "artifacts.html",
+        visit=visit,
+        artifacts=rows,
+        members=member_names(session, {r.member_id for r in rows}),
+        fetched=None,
+    )
+
+
+@router.post("/artifacts/{art_id}/download")
+def artifact_download(
+    request: Request, session: SessionDep, visit: VisitDep, form: FormDep, art_id: str
+) -> HTMLResponse:
+    """Where to fetch the artifact from: the access policy decides and the read is audited,
+    exactly as ``GET /v1/artifacts/{id}/download`` (a POST here: it writes an audit event)."""
+    sessions.check_csrf(visit.secret, field(form, "csrf"))
+    fetched = artifacts.download(session, visit.principal, art_id, utcnow())
+    art = artifacts.visible(session, visit.principal, art_id)
+    return page(
+        request, "artifacts.html", visit=visit, artifacts=[art], members={}, fetched=fetched
     )
 
 

@@ -295,3 +295,23 @@ def test_pages_are_not_cached_framed_or_scripted(world: World) -> None:
         assert "frame-ancestors 'none'" in policy and "script-src" not in policy
         assert "default-src 'none'" in policy
     assert "<script" not in made.text
+
+
+def test_artifacts_are_listed_and_fetched_under_the_access_policy(world: World) -> None:
+    alpha = signed_in(world, world.a.user_token)
+    listing = alpha.get("/portal/artifacts").text
+    assert world.a.artifact["id"] in listing and world.b.artifact["id"] not in listing
+    job_page = alpha.get(f"/portal/jobs/{world.a.job['id']}").text
+    assert 'data-testid="outputs"' in job_page and world.a.artifact["id"] in job_page
+    token = csrf(alpha, "/portal/artifacts")
+    fetched = alpha.post(
+        f"/portal/artifacts/{world.a.artifact['id']}/download", data={"csrf": token}
+    )
+    assert fetched.status_code == 200
+    assert f'data-testid="download-uri">{world.a.artifact["uri"]}<' in fetched.text
+    assert "artifact.download" in audit_actions(world, world.a.member["id"])
+    foreign = alpha.post(
+        f"/portal/artifacts/{world.b.artifact['id']}/download", data={"csrf": token}
+    )
+    assert foreign.status_code == 404
+    assert alpha.post(f"/portal/artifacts/{world.a.artifact['id']}/download").status_code == 403
