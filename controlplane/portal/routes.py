@@ -292,12 +292,6 @@ def _submit_page(
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str) -> HTMLResponse:
     job = schemas.JobPublic.model_validate(jobs.get_job(session, visit.principal, job_id))
-    samples = session.exec(
-        select(JobMetric.step, JobMetric.values)
-        .where(JobMetric.job_id == job.id)
-        .order_by(col(JobMetric.step), col(JobMetric.id))
-        .limit(5000)
-    ).all()
     return page(
         request,
         "job.html",
@@ -306,11 +300,37 @@ def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str
         member=member_names(session, {job.member_id}).get(job.member_id, job.member_id),
         events=jobs.events(session, visit.principal, job.id),
         logs=jobs.logs(session, visit.principal, job.id, None, 50),
-        chart=views.loss_chart(samples),
+        chart=views.loss_chart(curve_samples(session, job.id)),
         outputs=session.exec(
             select(Artifact).where(Artifact.job_id == job.id).order_by(col(Artifact.created_at))
         ).all(),
     )
+
+
+CURVE_POINTS = 2000
+
+
+def curve_samples(session: Session, job_id: str) -> list[tuple[int, Any]]:
+    """At most ``CURVE_POINTS`` of the job's metric samples, evenly spread over the whole run
+    (every k-th in step order, the last one always): a long run keeps its beginning and end."""
+    total = session.exec(select(func.count()).where(JobMetric.job_id == job_id)).one()
+    stride = max(1, -(-total // CURVE_POINTS))
+    numbered = (
+        select(
+            col(JobMetric.step).label("step"),
+            col(JobMetric.values).label("values"),
+            func.row_number().over(order_by=(col(JobMetric.step), col(JobMetric.id))).label("n"),
+        )
+        .where(JobMetric.job_id == job_id)
+        .subquery()
+    )
+    n = numbered.c.n
+    rows = session.exec(
+        select(numbered.c.step, numbered.c["values"])
+        .where(((n - 1) % stride == 0) | (n == total))
+        .order_by(n)
+    ).all()
+    return [(int(step), values) for step, values in rows]
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -315,3 +315,32 @@ def test_artifacts_are_listed_and_fetched_under_the_access_policy(world: World) 
     )
     assert foreign.status_code == 404
     assert alpha.post(f"/portal/artifacts/{world.a.artifact['id']}/download").status_code == 403
+
+
+def test_a_long_runs_loss_curve_is_thinned_evenly(world: World) -> None:
+    from datetime import UTC, datetime
+    from itertools import pairwise
+
+    from sqlalchemy import insert
+
+    from controlplane.db.models import JobMetric
+    from controlplane.portal.routes import CURVE_POINTS, curve_samples
+
+    job_id = world.a.job["id"]
+    now = datetime.now(UTC)
+    rows = [
+        {"job_id": job_id, "attempt": 1, "at": now, "step": step, "values": {"loss": 10.0 / step}}
+        for step in range(1, 5002)
+    ]
+    with engine_session(world) as s:
+        s.execute(insert(JobMetric), rows)
+        s.commit()
+        samples = curve_samples(s, job_id)
+    assert len(samples) <= CURVE_POINTS + 1
+    steps = [step for step, _ in samples]
+    assert steps[0] == 1 and steps[-1] == 5001 and steps == sorted(steps)
+    gaps = {b - a for a, b in pairwise(steps[:-1])}
+    assert gaps == {3}  # every third sample of 5,001 (the last one added at the end)
+    assert samples[-1][1] == {"loss": 10.0 / 5001}
+    page = signed_in(world, world.a.user_token).get(f"/portal/jobs/{job_id}").text
+    assert f"{len(samples)} samples" in page and "first 10 " in page
