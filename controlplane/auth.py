@@ -76,26 +76,19 @@ class Principal:
 
 # Columns, not entities, built once with a bound parameter: this runs on every request, and
 # ORM loading or building the statement anew each time would cost more than the query itself.
-_TOKEN_LOOKUP = (
-    sa_select(
-        col(ApiToken.id),
-        col(ApiToken.scopes),
-        col(ApiToken.expires_at),
-        col(ApiToken.revoked_at),
-        col(ApiToken.last_used_at),
-        col(User.id),
-        col(User.member_id),
-        col(User.role),
-        col(User.disabled),
-    )
-    .join(User, col(User.id) == col(ApiToken.user_id))
-    .where(col(ApiToken.token_hash) == bindparam("token_hash"))
-)
-_TOKEN_BY_ID = (
-    sa_select(*_TOKEN_LOOKUP.selected_columns)
-    .join(User, col(User.id) == col(ApiToken.user_id))
-    .where(col(ApiToken.id) == bindparam("token_id"))
-)
+_TOKEN_COLUMNS = sa_select(
+    col(ApiToken.id),
+    col(ApiToken.scopes),
+    col(ApiToken.expires_at),
+    col(ApiToken.revoked_at),
+    col(ApiToken.last_used_at),
+    col(User.id),
+    col(User.member_id),
+    col(User.role),
+    col(User.disabled),
+).join(User, col(User.id) == col(ApiToken.user_id))
+_TOKEN_LOOKUP = _TOKEN_COLUMNS.where(col(ApiToken.token_hash) == bindparam("token_hash"))
+_TOKEN_BY_ID = _TOKEN_COLUMNS.where(col(ApiToken.id) == bindparam("token_id"))
 
 
 def default_scopes(role: Role) -> list[str]:

@@ -96,7 +96,7 @@ def _tokens_page(
         errors=errors,
         tokens=[(t, emails.get(t.user_id, t.user_id), _state(t, now)) for t in rows],
         # Admins issue tokens for the users they manage; everyone else for themselves.
-        users=[u for u in users if not u.disabled] if _is_admin(caller.role) else [],
+        users=[u for u in users if not u.disabled] if visit.manages_users else [],
         scopes=default_scopes(caller.role),
     )
 
@@ -107,10 +107,6 @@ def _state(token: ApiToken, now: Any) -> str:
     if token.expires_at is not None and token.expires_at <= now:
         return "expired"
     return "active"
-
-
-def _is_admin(role: Role) -> bool:
-    return role in (Role.PLATFORM_ADMIN, Role.MEMBER_ADMIN)
 
 
 # -- users -----------------------------------------------------------------------------------
@@ -163,7 +159,7 @@ def _users_page(
     typed: dict[str, Any] | None = None,
 ) -> HTMLResponse:
     caller = visit.principal
-    if not _is_admin(caller.role):
+    if not visit.manages_users:
         raise Forbidden("managing users needs the member_admin or platform_admin role")
     users, _ = tenancy.list_users(session, caller, 1000, None, None)
     roles = [Role.MEMBER_USER, Role.MEMBER_ADMIN]

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, func, select
 from controlplane import usage as usage_periods
 from controlplane.api import schemas
 from controlplane.api.deps import SessionDep, SettingsDep
+from controlplane.api.routers.inventory import csv_download
 from controlplane.auth import Origin, Principal, trace_id_from
 from controlplane.db.models import (
     Artifact,
@@ -385,12 +386,7 @@ def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLRespons
 @router.get("/usage.csv")
 def usage_csv(session: SessionDep, visit: VisitDep, period: str) -> Response:
     """The usage report as the REST API's ``format=csv`` gives it, for spreadsheets."""
-    report = reports.usage_report(session, visit.principal, period, utcnow())
-    return Response(
-        report.to_csv(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="nuri-usage-{period}.csv"'},
-    )
+    return csv_download(reports.usage_report(session, visit.principal, period, utcnow()))
 
 
 @router.get("/datasets")

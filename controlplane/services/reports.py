@@ -56,6 +56,10 @@ class UsageReport:
             "lines": [asdict(line) for line in self.lines],
         }
 
+    @property
+    def filename(self) -> str:
+        return f"nuri-usage-{self.period}.csv"
+
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

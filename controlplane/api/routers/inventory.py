@@ -163,9 +163,14 @@ def usage_report(
     platform admins and auditors); ``format=csv`` downloads it as a CSV file."""
     report = reports.usage_report(session, caller, period, utcnow(), member)
     if format == "csv":
-        return Response(
-            report.to_csv(),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="nuri-usage-{period}.csv"'},
-        )
+        return csv_download(report)
     return report.to_dict()
+
+
+def csv_download(report: reports.UsageReport) -> Response:
+    """The report as a CSV file download (the API's ``format=csv`` and the portal's link)."""
+    return Response(
+        report.to_csv(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{report.filename}"'},
+    )
