@@ -103,7 +103,7 @@ def latency(c: TestClient, token: str, engine: Any, tmp: Path, n: int) -> list[f
     svc = SchedulerService(
         engine,
         RayExecutor(),
-        SchedulerConfig(checkpoint_root=tmp / "ckpt", holder="bench", interval_s=0.05),
+        SchedulerConfig(jobs_root=tmp / "jobs", holder="bench", interval_s=0.05),
     )
     c.app.state.scheduler_wake = svc.wake  # type: ignore[attr-defined]
     svc.start()
@@ -131,7 +131,7 @@ def latency(c: TestClient, token: str, engine: Any, tmp: Path, n: int) -> list[f
         svc.stop()
     # Let a last tick free the cancelled jobs' resources.
     SchedulerService(
-        engine, RayExecutor(), SchedulerConfig(checkpoint_root=tmp / "ckpt", holder="bench")
+        engine, RayExecutor(), SchedulerConfig(jobs_root=tmp / "jobs", holder="bench")
     ).tick()
     return out
 
@@ -150,7 +150,7 @@ def admissions(c: TestClient, token: str, engine: Any, tmp: Path, n: int) -> tup
         engine,
         PlacementOnlyExecutor(ready_timeout_s=60),
         SchedulerConfig(
-            checkpoint_root=tmp / "ckpt", holder="bench", engine=quotas.EngineConfig(explain=False)
+            jobs_root=tmp / "jobs", holder="bench", engine=quotas.EngineConfig(explain=False)
         ),
     )
     t0 = time.perf_counter()

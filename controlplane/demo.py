@@ -25,7 +25,8 @@ from controlplane.db.models import (
     Role,
     User,
 )
-from controlplane.services import inventory, tenancy
+from controlplane.services import datasets, inventory, tenancy
+from workers.staging import fingerprint
 
 MEMBERS = (
     ("arirang-telecom", "Arirang Telecom (affiliate telecom)", "telecom", "KR"),
@@ -161,6 +162,62 @@ DATASETS = (
 )
 
 
+# Small real datasets shipped with Nuri (controlplane/demo_data, original text written for
+# the demo): the demo's jobs train and infer on these out of the box. member, name, file,
+# description, labels.
+SHIPPED = (
+    (
+        "hangang-university",
+        "ko-encyclopedia",
+        "ko-text.jsonl",
+        "Korean encyclopedia-style prose (plain text)",
+        {"jurisdiction": "KR", "allowed_regions": [*KR, "us-west"], "classification": "open"},
+    ),
+    (
+        "hangang-university",
+        "ko-en-prompts",
+        "prompts.jsonl",
+        "Korean and English prompts for batch inference",
+        {"jurisdiction": "KR", "allowed_regions": [*KR, "us-west"], "classification": "open"},
+    ),
+    (
+        "dokkaebi-ai",
+        "ko-support-chat",
+        "ko-chat.jsonl",
+        "Korean customer-support and assistant dialogues (chat, multi-turn)",
+        {"jurisdiction": "KR", "allowed_regions": KR, "classification": "sensitive"},
+    ),
+    (
+        "arirang-telecom",
+        "ko-assistant-chat",
+        "ko-chat.jsonl",
+        "Korean assistant dialogues (chat, multi-turn)",
+        {"jurisdiction": "KR", "allowed_regions": KR, "classification": "sensitive"},
+    ),
+    (
+        "pacific-research",
+        "en-assistant-chat",
+        "en-chat.jsonl",
+        "English assistant dialogues (chat, multi-turn)",
+        {"jurisdiction": "US", "allowed_regions": ["us-west", *KR], "classification": "open"},
+    ),
+    (
+        "pacific-research",
+        "en-encyclopedia",
+        "en-text.jsonl",
+        "English encyclopedia-style prose (plain text)",
+        {"jurisdiction": "US", "allowed_regions": ["us-west", *KR], "classification": "open"},
+    ),
+    (
+        "national-ai-institute",
+        "ko-en-prompts",
+        "prompts.jsonl",
+        "Korean and English prompts for batch inference",
+        {"jurisdiction": "KR", "allowed_regions": KR, "classification": "open"},
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DemoSummary:
     members: int
@@ -277,6 +334,25 @@ def seed(engine: Engine, admin_user_id: str, now: datetime) -> DemoSummary:
                         uri=uri,
                         labels=labels,
                         description=f"demo dataset of {member_name}",
+                    )
+                )
+                created += 1
+        for member_name, ds_name, filename, description, shipped_labels in SHIPPED:
+            member = s.exec(select(Member).where(Member.name == member_name)).one()
+            if not s.exec(
+                select(Dataset).where(Dataset.member_id == member.id, Dataset.name == ds_name)
+            ).first():
+                path = datasets.SHIPPED_DATA / filename
+                fp = fingerprint(path.as_uri())
+                s.add(
+                    Dataset(
+                        member_id=member.id,
+                        name=ds_name,
+                        uri=path.as_uri(),
+                        labels={"personal_info": False, "transfer_basis": None, **shipped_labels},
+                        description=description,
+                        sha256=fp.sha256,
+                        size_bytes=fp.size_bytes,
                     )
                 )
                 created += 1

@@ -16,7 +16,11 @@ from typing import Any
 
 from controlplane.errors import InvalidRequest
 
-PLANNABLE = frozenset({"axk1", "axk1-mini", "axk1-tiny", "student-7b", "student-tiny"})
+# The presets (workers.presets.PRESETS; a test keeps them equal): the planner sizes them from
+# their configuration. Registered models of unknown architecture are not checked here.
+PLANNABLE = frozenset(
+    {"axk1", "axk1-mini", "axk1-tiny", "student-70b", "student-8b", "student-mini", "student-tiny"}
+)
 
 
 class InsufficientGpus(InvalidRequest):
@@ -53,6 +57,7 @@ def plan_request(body: dict[str, Any], pool: tuple[float, int] | None) -> dict[s
 def check_submission(
     kind: str,
     model: str,
+    teacher: str | None,
     config: dict[str, Any],
     gpus: int,
     nodes: int,
@@ -60,22 +65,21 @@ def check_submission(
 ) -> None:
     """Refuse a job whose plan needs more GPUs than it asks for in every candidate pool.
 
-    ``pools`` are (name, GPU memory GiB, GPUs per node). Models the planner cannot size
-    (a registered model of unknown architecture) and distillations without a named student
-    are not checked here.
+    ``pools`` are (name, GPU memory GiB, GPUs per node). ``model`` is what trains (the
+    student of a distillation). Models the planner cannot size (a registered model of unknown
+    architecture) are not checked here.
     """
-    student = config.get("student")
-    if model not in PLANNABLE or (kind == "distill" and not isinstance(student, str)):
+    if model not in PLANNABLE or (kind == "distill" and teacher not in PLANNABLE):
         return
     with _lock:
-        _check(kind, model, student, config, gpus, nodes, pools)
+        _check(kind, model, teacher, config, gpus, nodes, pools)
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan(
     kind: str,
     model: str,
-    student: str | None,
+    teacher: str | None,
     options: tuple[tuple[str, Any], ...],
     memory: float,
     per_node: int,
@@ -84,29 +88,46 @@ def _plan(
     planner = _planner()
     spec = planner.PoolSpec(memory, per_node)
     if kind == "distill":
-        return planner.plan(student, kind, pool=spec, teacher=model, **dict(options))
+        return planner.plan(model, kind, pool=spec, teacher=teacher, **dict(options))
     return planner.plan(model, kind, pool=spec, **dict(options))
+
+
+def plan_for(
+    kind: str,
+    model: str,
+    teacher: str | None,
+    config: dict[str, Any],
+    memory: float,
+    per_node: int,
+) -> Any:
+    """The planner's plan of a job's shape (``workers.planner.Plan``), memoised."""
+    with _lock:
+        return _plan(kind, model, teacher, _options(config), memory, per_node)
+
+
+def _options(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (key, config[key])
+        for key in ("precision", "seq_len", "micro_batch", "lora_rank")
+        if key in config and isinstance(config[key], str | int | float)
+    )
 
 
 def _check(
     kind: str,
     model: str,
-    student: Any,
+    teacher: str | None,
     config: dict[str, Any],
     gpus: int,
     nodes: int,
     pools: Sequence[tuple[str, float, int]],
 ) -> None:
     planner = _planner()
-    options = tuple(
-        (key, config[key])
-        for key in ("precision", "seq_len", "micro_batch", "lora_rank")
-        if key in config and isinstance(config[key], str | int | float)
-    )
+    options = _options(config)
     plans: dict[str, Any] = {}
     try:
         for name, memory, per_node in pools:
-            p = _plan(kind, model, student, options, memory, per_node)
+            p = _plan(kind, model, teacher, options, memory, per_node)
             if planner.fits(p, gpus, nodes):
                 return
             plans[name] = p
@@ -126,7 +147,7 @@ def _check(
 def warm_up() -> None:
     """Import the planner and size one preset, so no user request pays the import."""
     try:
-        check_submission("inference", "axk1-tiny", {}, 1, 1, [("warm-up", 80.0, 8)])
+        check_submission("inference", "axk1-tiny", None, {}, 1, 1, [("warm-up", 80.0, 8)])
     except Exception:  # a warm-up failure surfaces on the first real plan instead
         return
 

@@ -36,11 +36,14 @@ from policies import (
 )
 
 # Base model -> the jurisdiction whose regions may process it (None: any region).
+# Every preset of workers.presets is one (a test keeps the two lists equal).
 BASE_MODEL_JURISDICTION: dict[str, str | None] = {
     "axk1": "KR",
     "axk1-mini": "KR",
     "axk1-tiny": "KR",
-    "student-7b": None,
+    "student-70b": None,
+    "student-8b": None,
+    "student-mini": None,
     "student-tiny": None,
 }
 
@@ -142,51 +145,52 @@ def artifact_labels(session: Session, art: Artifact, seen: frozenset[str] = froz
     return effective_label(current)
 
 
+def model_facts(
+    session: Session, member_id: str, model: str, pools: Sequence[PoolFacts]
+) -> ArtifactFacts | None:
+    """A model a job names (base preset, the member's artifact or registered model)."""
+    if model in BASE_MODEL_JURISDICTION:
+        return ArtifactFacts(
+            ref=f"model:{model}", labels=base_model_labels(model, pools), kind=ArtifactKind.MODEL
+        )
+    if model.startswith("art_"):
+        art = session.get(Artifact, model)
+        if art is not None and art.member_id == member_id:
+            return ArtifactFacts(
+                ref=art.id,
+                labels=artifact_labels(session, art),
+                kind=ArtifactKind.MODEL,
+                member=member_id,
+            )
+        return None
+    ds = session.exec(
+        select(Dataset).where(
+            Dataset.member_id == member_id,
+            col(Dataset.kind) == "model",
+            (Dataset.id == model) | (Dataset.name == model),
+        )
+    ).first()
+    if ds is None:
+        return None
+    return ArtifactFacts(
+        ref=ds.id, labels=Labels.from_dict(ds.labels), kind=ArtifactKind.MODEL, member=member_id
+    )
+
+
 def input_facts(
     session: Session,
     member_id: str,
     model: str,
     input_ids: Sequence[str],
     pools: Sequence[PoolFacts],
+    teacher: str | None = None,
 ) -> list[ArtifactFacts]:
-    """Everything a job reads, the model included, as labelled facts."""
+    """Everything a job reads, the model (and a distillation's teacher) included."""
     facts: list[ArtifactFacts] = []
-    if model in BASE_MODEL_JURISDICTION:
-        facts.append(
-            ArtifactFacts(
-                ref=f"model:{model}",
-                labels=base_model_labels(model, pools),
-                kind=ArtifactKind.MODEL,
-            )
-        )
-    elif model.startswith("art_"):
-        art = session.get(Artifact, model)
-        if art is not None and art.member_id == member_id:
-            facts.append(
-                ArtifactFacts(
-                    ref=art.id,
-                    labels=artifact_labels(session, art),
-                    kind=ArtifactKind.MODEL,
-                    member=member_id,
-                )
-            )
-    else:
-        ds = session.exec(
-            select(Dataset).where(
-                Dataset.member_id == member_id,
-                col(Dataset.kind) == "model",
-                (Dataset.id == model) | (Dataset.name == model),
-            )
-        ).first()
-        if ds is not None:
-            facts.append(
-                ArtifactFacts(
-                    ref=ds.id,
-                    labels=Labels.from_dict(ds.labels),
-                    kind=ArtifactKind.MODEL,
-                    member=member_id,
-                )
-            )
+    for name in (model, teacher):
+        found = model_facts(session, member_id, name, pools) if name else None
+        if found is not None:
+            facts.append(found)
     for ident in input_ids:
         ds = session.get(Dataset, ident)
         if ds is not None:
@@ -223,12 +227,16 @@ def denial_details(decisions: dict[str, Decision]) -> dict[str, Any]:
 
 
 def effective_output_labels(
-    session: Session, member_id: str, model: str, input_ids: Sequence[str]
+    session: Session,
+    member_id: str,
+    model: str,
+    input_ids: Sequence[str],
+    teacher: str | None = None,
 ) -> Labels:
     """The label of what a job writes: computed from all its inputs, the model included."""
     pools = pool_facts(session.exec(select(Pool)).all())
     return effective_label(
-        f.labels for f in input_facts(session, member_id, model, input_ids, pools)
+        f.labels for f in input_facts(session, member_id, model, input_ids, pools, teacher)
     )
 
 
@@ -239,7 +247,9 @@ def allowed_pools_by_job(session: Session, jobs: Sequence[Any]) -> dict[str, set
     which is what makes a relabelled input take effect on queued jobs at once.
     """
     pools = pool_facts(session.exec(select(Pool)).all())
-    facts = {j.id: input_facts(session, j.member_id, j.model, j.inputs, pools) for j in jobs}
+    facts = {
+        j.id: input_facts(session, j.member_id, j.model, j.inputs, pools, j.teacher) for j in jobs
+    }
     decided = engine(session).allowed_pools_for_jobs(facts, pools)
     return {job: {p for p, d in per_pool.items() if d.allowed} for job, per_pool in decided.items()}
 
@@ -248,7 +258,7 @@ def placement(session: Session, job: Any, pool_name: str) -> Decision:
     """May this job (its current inputs' labels) run on ``pool_name``?"""
     pools = pool_facts(session.exec(select(Pool)).all())
     target = [p for p in pools if p.name == pool_name]
-    facts = input_facts(session, job.member_id, job.model, job.inputs, pools)
+    facts = input_facts(session, job.member_id, job.model, job.inputs, pools, job.teacher)
     if not target:
         return Decision(allowed=False, policy_ids=(), reasons=(f"unknown pool {pool_name}",))
     return engine(session).placement(facts, target[0])

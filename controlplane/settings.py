@@ -39,6 +39,28 @@ class Settings(BaseSettings):
     audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
     # Import the capacity planner (torch, transformers: seconds) at start, not on first use.
     warm_planner: bool = True
+    # The job area: each job gets <jobs_dir>/<member id>/<job id>/ (inputs, checkpoints,
+    # output, scratch) and writes nowhere else. Kept apart from the state (database, keys).
+    jobs_dir: Path | None = None
+    # Where members' file:// datasets may live: <data_dir>/<member name>/... (plus the demo
+    # data shipped with Nuri, readable by everyone). Anything else is refused at registration.
+    data_dir: Path | None = None
+    # The scheduler's synthetic test payload ({"payload": "synthetic"}); off in prod.
+    allow_synthetic_payload: bool | None = None
+
+    @model_validator(mode="after")
+    def _areas_apart(self) -> Settings:
+        """Jobs and members' data never hold the state: the database, the signing key."""
+        state = [self.resolved_audit_key_path.resolve()]
+        if self.database_url is None:
+            state.append((self.home / "nuri.db").resolve())
+        jobs, data = self.resolved_jobs_dir, self.resolved_data_dir
+        for name, area in (("NURI_JOBS_DIR", jobs), ("NURI_DATA_DIR", data)):
+            if any(p.is_relative_to(area) for p in state):
+                raise ValueError(f"{name} ({area}) must not hold the database or the audit key")
+        if jobs.is_relative_to(data) or data.is_relative_to(jobs):
+            raise ValueError("NURI_JOBS_DIR and NURI_DATA_DIR must not contain one another")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_prod(self) -> Settings:
@@ -57,6 +79,20 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'nuri.db').resolve()}"
+
+    @property
+    def resolved_jobs_dir(self) -> Path:
+        return (self.jobs_dir or self.home / "jobs").resolve()
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return (self.data_dir or self.home / "data").resolve()
+
+    @property
+    def synthetic_allowed(self) -> bool:
+        if self.allow_synthetic_payload is None:
+            return self.env == "dev"
+        return self.allow_synthetic_payload
 
     @property
     def resolved_audit_key_path(self) -> Path:

@@ -4,7 +4,9 @@ A checkpoint is a directory ``<checkpoint_dir>/step-<n>/`` holding the engine's 
 optimizer, LR scheduler: DeepSpeed's own layout, or one ``state.pt`` for the plain loop) plus
 ``client_state.pt`` with the data position and every RNG. ``<checkpoint_dir>/latest`` names the
 newest complete one; it is written last, so a crash mid-save leaves the previous checkpoint
-as the one a retry resumes from.
+as the one a retry resumes from. :func:`prune_checkpoints` keeps only the newest few (never
+the one ``latest`` names). A LoRA job's checkpoints hold the adapter and its optimizer state
+only: the frozen base comes back from the base weights (or the seed) on resume.
 
 The scheduler preempts a job by asking it to stop within a grace period. A job learns of it
 through any of: SIGTERM / SIGUSR1 (Ray and Kubernetes send SIGTERM), a flag file appearing,
@@ -15,6 +17,8 @@ rank checkpoints at the same step.
 from __future__ import annotations
 
 import random
+import re
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 
 LATEST = "latest"
+_TAG = re.compile(r"step-(\d+)")
 
 
 class PreemptionNotice:
@@ -112,6 +117,30 @@ def latest_tag(checkpoint_dir: Path) -> str | None:
         return None
     tag = pointer.read_text().strip()
     return tag if (checkpoint_dir / tag).is_dir() else None
+
+
+def checkpoint_tags(checkpoint_dir: Path) -> list[str]:
+    """The ``step-<n>`` checkpoint directories under ``checkpoint_dir``, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p.name)
+        for p in checkpoint_dir.iterdir()
+        if p.is_dir() and (m := _TAG.fullmatch(p.name))
+    ]
+    return [name for _, name in sorted(found)]
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest``
+    names. Returns the deleted tags. Call on one rank, after ``latest`` moved."""
+    if keep <= 0:
+        return []
+    latest = latest_tag(checkpoint_dir)
+    doomed = [t for t in checkpoint_tags(checkpoint_dir)[:-keep] if t != latest]
+    for tag in doomed:
+        shutil.rmtree(checkpoint_dir / tag, ignore_errors=True)
+    return doomed
 
 
 def mark_latest(checkpoint_dir: Path, tag: str) -> None:

@@ -1,11 +1,18 @@
 """Datasets for the loops: JSONL or text on local disk, tokenised into fixed-length examples.
 
-Two shapes of example, both ``seq_len`` long with labels already shifted by the model:
+Three shapes of example, all ``seq_len`` long with labels already shifted by the model:
 
 * *packed text* (pretraining corpora, ``{"text": ...}`` records): documents joined with EOS and
   cut into blocks, every token a target;
 * *prompt/completion* records (fine-tuning): the chat prompt (non-thinking) followed by the
-  completion; only completion tokens are targets (prompt labels are -100), padded to length.
+  completion; only completion tokens are targets (prompt labels are -100), padded to length;
+* *chat* records (``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}``,
+  multi-turn): rendered by the tokenizer's chat template; only the assistant turns are
+  targets.
+
+A spec's ``system_prompt`` becomes the system turn of prompt/completion and chat records that
+have none. An example cut at ``seq_len`` before its first target is dropped (it would teach
+nothing). :func:`split_examples` holds out a seeded share of the examples for validation.
 
 :class:`BatchStream` yields the same batches in the same order for a given seed, shards them
 over ranks, and exposes its position (epoch, step in epoch) so a resumed job continues with
@@ -21,7 +28,7 @@ from typing import Any
 
 import torch
 
-from workers.tokenizer import Tokenizer
+from workers.tokenizer import ChatError, Tokenizer, check_messages, with_system
 
 IGNORE_INDEX = -100
 
@@ -83,20 +90,41 @@ class Examples:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def select(self, index: torch.Tensor) -> Examples:
+        """The examples at ``index`` (a 1-D tensor of row numbers), in that order."""
+        return Examples(self.input_ids[index], self.labels[index], self.attention_mask[index])
 
-def build_examples(records: list[dict[str, Any]], tokenizer: Tokenizer, seq_len: int) -> Examples:
+
+def build_examples(
+    records: list[dict[str, Any]],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    system_prompt: str | None = None,
+) -> Examples:
     """Tokenise ``records`` into fixed-length examples (see the module docstring)."""
     stream: list[int] = []
-    pairs: list[tuple[list[int], list[int]]] = []
-    for record in records:
-        if "prompt" in record and "completion" in record:
-            prompt = tokenizer.chat_prompt(str(record["prompt"]), think=bool(record.get("think")))
+    # Token ids and, per id, whether it is a target.
+    turns: list[tuple[list[int], list[bool]]] = []
+    for n, record in enumerate(records):
+        if "messages" in record:
+            try:
+                messages = with_system(check_messages(record["messages"]), system_prompt)
+                turns.append(tokenizer.chat(messages))
+            except ChatError as exc:
+                raise DataError(f"record {n + 1}: {exc}") from exc
+        elif "prompt" in record and "completion" in record:
+            prompt = tokenizer.chat_prompt(
+                str(record["prompt"]), think=bool(record.get("think")), system=system_prompt
+            )
             completion = [*tokenizer.encode(str(record["completion"])), tokenizer.eos_id]
-            pairs.append((prompt, completion))
+            turns.append(([*prompt, *completion], [False] * len(prompt) + [True] * len(completion)))
         elif "text" in record:
             stream.extend([*tokenizer.encode(str(record["text"])), tokenizer.eos_id])
         else:
-            raise DataError(f"a record needs 'text' or 'prompt' + 'completion': {sorted(record)}")
+            raise DataError(
+                f"record {n + 1} needs 'text', 'prompt' + 'completion' or 'messages': "
+                f"{sorted(record)}"
+            )
     ids: list[list[int]] = []
     labels: list[list[int]] = []
     masks: list[list[int]] = []
@@ -105,16 +133,40 @@ def build_examples(records: list[dict[str, Any]], tokenizer: Tokenizer, seq_len:
         ids.append(block)
         labels.append(list(block))
         masks.append([1] * seq_len)
-    for prompt, completion in pairs:
-        tokens = (prompt + completion)[:seq_len]
-        target = ([IGNORE_INDEX] * len(prompt) + completion)[:seq_len]
+    cut = 0
+    for all_tokens, is_target in turns:
+        tokens = all_tokens[:seq_len]
+        target = [t if keep else IGNORE_INDEX for t, keep in zip(tokens, is_target, strict=False)]
+        if all(t == IGNORE_INDEX for t in target):
+            cut += 1  # no target left within seq_len
+            continue
         pad = seq_len - len(tokens)
         ids.append(tokens + [tokenizer.pad_id] * pad)
         labels.append(target + [IGNORE_INDEX] * pad)
         masks.append([1] * len(tokens) + [0] * pad)
     if not ids:
+        if cut:
+            raise DataError(f"no record has a target within seq_len={seq_len} tokens")
         raise DataError(f"the data holds fewer than seq_len={seq_len} tokens")
     return Examples(torch.tensor(ids), torch.tensor(labels), torch.tensor(masks))
+
+
+def split_examples(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """(train, held out): a seeded ``fraction`` of the examples (at least one) held out.
+
+    The same examples, seed and fraction always give the same split, on every rank; the
+    held-out examples never reach the training stream.
+    """
+    n = len(examples)
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"eval_fraction: {fraction} is not in (0, 1)")
+    if n < 2:
+        raise DataError(f"eval_fraction: {n} example(s) cannot be split into train and eval")
+    held = min(n - 1, max(1, round(n * fraction)))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7919)
+    order = torch.randperm(n, generator=g)
+    eval_idx, train_idx = order[:held].sort().values, order[held:].sort().values
+    return examples.select(train_idx), examples.select(eval_idx)
 
 
 class BatchStream:

@@ -4,6 +4,10 @@ Both engines use the same AdamW hyper-parameters and the same LR schedule (linea
 cosine to 10%), so the throughput benchmark compares like with like and a job can fall back to
 the plain loop for debugging. Call order per micro-batch is DeepSpeed's: ``backward(loss)``
 then ``step()``; the engine applies the optimizer only at a gradient-accumulation boundary.
+
+``exclude_frozen=True`` (LoRA) leaves frozen parameters out of checkpoints and of the export
+state: a checkpoint holds the trainable weights with their optimizer state, and loading it
+expects the frozen ones already in the module (loaded from the base again).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class TrainEngine(Protocol):
         ...
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Complete weights for export on rank 0 (collective; None on other ranks)."""
+        """Complete weights for export on rank 0 (collective; None on other ranks); only the
+        trainable ones when the engine excludes frozen parameters."""
         ...
 
 
@@ -71,6 +76,19 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def frozen_names(module: torch.nn.Module) -> set[str]:
+    """Names (as in ``state_dict``) of the parameters that do not train."""
+    return {n for n, p in module.named_parameters() if not p.requires_grad}
+
+
+def without_frozen(
+    state: dict[str, torch.Tensor], module: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """``state`` less the frozen parameters of ``module``."""
+    frozen = frozen_names(module)
+    return {k: v for k, v in state.items() if k not in frozen}
 
 
 class TorchEngine:
@@ -84,10 +102,12 @@ class TorchEngine:
         warmup_steps: int,
         total_steps: int,
         grad_accum: int,
+        exclude_frozen: bool = False,
     ) -> None:
         import torch.distributed as dist
 
         self.module = model
+        self.exclude_frozen = exclude_frozen
         params = [p for p in model.parameters() if p.requires_grad]
         self._params = params
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=weight_decay)
@@ -122,8 +142,11 @@ class TorchEngine:
         if _rank() != 0:
             return
         (directory / tag).mkdir(parents=True, exist_ok=True)
+        model_state = self.module.state_dict()
+        if self.exclude_frozen:
+            model_state = without_frozen(model_state, self.module)
         state = {
-            "model": self.module.state_dict(),
+            "model": model_state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "micro": self._micro,
@@ -132,20 +155,37 @@ class TorchEngine:
 
     def load(self, directory: Path, tag: str) -> None:
         state = torch.load(directory / tag / "state.pt", weights_only=False)
-        self.module.load_state_dict(state["model"])
+        if self.exclude_frozen:
+            result = self.module.load_state_dict(state["model"], strict=False)
+            missing = set(result.missing_keys) - frozen_names(self.module)
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"checkpoint {tag} does not match the model: missing {sorted(missing)[:5]}, "
+                    f"unexpected {sorted(result.unexpected_keys)[:5]}"
+                )
+        else:
+            self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._micro = int(state["micro"])
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        return self.module.state_dict() if _rank() == 0 else None
+        if _rank() != 0:
+            return None
+        state = self.module.state_dict()
+        return without_frozen(state, self.module) if self.exclude_frozen else state
 
 
 class DeepSpeedTrainEngine:
     """A DeepSpeed engine built from a config dict (see :mod:`workers.deepspeed_config`)."""
 
     def __init__(
-        self, model: torch.nn.Module, config: dict[str, Any], warmup_steps: int, total_steps: int
+        self,
+        model: torch.nn.Module,
+        config: dict[str, Any],
+        warmup_steps: int,
+        total_steps: int,
+        exclude_frozen: bool = False,
     ) -> None:
         import deepspeed
 
@@ -156,6 +196,7 @@ class DeepSpeedTrainEngine:
             return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
         self.config = config
+        self.exclude_frozen = exclude_frozen
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, config=config, lr_scheduler=make_scheduler
         )
@@ -175,19 +216,29 @@ class DeepSpeedTrainEngine:
         return float(self.engine.get_lr()[0])
 
     def save(self, directory: Path, tag: str) -> None:
-        self.engine.save_checkpoint(str(directory), tag=tag)
+        self.engine.save_checkpoint(
+            str(directory), tag=tag, exclude_frozen_parameters=self.exclude_frozen
+        )
 
     def load(self, directory: Path, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag=tag)
+        # Without the frozen parameters in the checkpoint, the module keeps its own (the base).
+        path, _ = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_module_strict=not self.exclude_frozen
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag} in {directory}")
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self.zero_stage == 3:
             # Gathers the partitioned parameters; every rank must take part.
-            state: dict[str, torch.Tensor] = self.engine._zero3_consolidated_16bit_state_dict()
+            state: dict[str, torch.Tensor] = self.engine._zero3_consolidated_16bit_state_dict(
+                exclude_frozen_parameters=self.exclude_frozen
+            )
             return state if _rank() == 0 else None
-        return self.module.state_dict() if _rank() == 0 else None
+        if _rank() != 0:
+            return None
+        state = self.module.state_dict()
+        return without_frozen(state, self.module) if self.exclude_frozen else state
 
 
 def prepare_deepspeed_environment() -> None:

@@ -6,22 +6,29 @@ the text the model writes before its end-of-thinking marker is returned as ``rea
 Each output line is ``{"id", "prompt", "think", "output", "reasoning", "prompt_tokens",
 "completion_tokens", "finish_reason"}`` in input order. With several ranks each takes every
 world_size-th prompt and rank 0 merges the parts.
+
+The spec's ``system_prompt`` is the system turn of every prompt; ``model.adapter_dir`` (a
+LoRA adapter of an earlier job) is merged into the base before generating. At the end rank 0
+reports one ``metrics`` event: ``step`` (= ``requests``, the prompts answered),
+``requests``, ``completion_tokens`` and ``tokens_per_s`` over all ranks.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from workers.data import DataError, read_records
-from workers.presets import load_model, resolve_model
+from workers.presets import apply_adapter, load_model, resolve_model
 from workers.provenance import describe_input, model_identity, write_manifest
 from workers.runtime import JobContext, JobResult
 from workers.spec import SpecError
 from workers.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from workers.training import adapter_identity, only_the_artifact
 
 
 def _end_think_id(tokenizer: Tokenizer) -> int | None:
@@ -52,9 +59,12 @@ def generate_batch(
     requests: list[dict[str, Any]],
     defaults: Any,
     device: torch.device,
+    system: str | None = None,
 ) -> list[dict[str, Any]]:
     """Generate for ``requests`` (left-padded into one batch); one output dict each."""
-    prompts = [tokenizer.chat_prompt(str(r["prompt"]), bool(r["think"])) for r in requests]
+    prompts = [
+        tokenizer.chat_prompt(str(r["prompt"]), bool(r["think"]), system=system) for r in requests
+    ]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -130,7 +140,10 @@ def run_inference(ctx: JobContext) -> JobResult:
     if spread and source.weights_dir is not None:
         model = load_model(source, dtype=ctx.dtype, device_map="auto").eval()
     else:
-        model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device).eval()
+        model = load_model(source, dtype=ctx.dtype, seed=spec.seed).to(ctx.device)
+    if spec.model.adapter_dir is not None:
+        model = apply_adapter(model, spec.model.adapter_dir, merge=True)
+    model.eval()
     device = torch.device(model.device)
     requests = load_requests(spec.data.path, settings.think, settings.max_new_tokens)
     mine = requests[ctx.rank :: ctx.world_size]
@@ -140,21 +153,19 @@ def run_inference(ctx: JobContext) -> JobResult:
     with part.open("w", encoding="utf-8") as f:
         for start in range(0, len(mine), settings.batch_size):
             chunk = mine[start : start + settings.batch_size]
-            for req, res in zip(
-                chunk, generate_batch(model, tokenizer, chunk, settings, device), strict=True
-            ):
+            results = generate_batch(model, tokenizer, chunk, settings, device, spec.system_prompt)
+            for req, res in zip(chunk, results, strict=True):
                 generated += res["completion_tokens"]
                 f.write(json.dumps({"index": req["index"], **res}, ensure_ascii=False) + "\n")
             if ctx.notice.requested():
                 break  # inference keeps no state worth resuming: stop promptly
-    elapsed = time.perf_counter() - t0
     if dist.is_initialized():
         dist.barrier()
+    elapsed = time.perf_counter() - t0  # until the slowest rank finished
     preempted = ctx.notice.requested()
-    metrics = {"requests": len(mine), "completion_tokens": generated,
-               "tokens_per_s": generated / elapsed if elapsed else 0.0}  # fmt: skip
     if not ctx.is_main:
-        return JobResult("preempted" if preempted else "succeeded", metrics=metrics)
+        mine_metrics = {"requests": len(mine), "completion_tokens": generated}
+        return JobResult("preempted" if preempted else "succeeded", metrics=mine_metrics)
     rows: list[dict[str, Any]] = []
     for r in range(ctx.world_size):
         path = ctx.output_dir / f".{settings.output_file}.rank{r}"
@@ -163,18 +174,32 @@ def run_inference(ctx: JobContext) -> JobResult:
     rows.sort(key=lambda row: row.pop("index"))
     out_path = ctx.output_dir / settings.output_file
     out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    completion = sum(int(row["completion_tokens"]) for row in rows)
+    metrics: dict[str, Any] = {
+        "step": len(rows),
+        "requests": len(rows),
+        "completion_tokens": completion,
+        "tokens_per_s": completion / elapsed if elapsed > 0 else 0.0,
+    }
     ctx.events.emit("metrics", **metrics)
     if preempted:
-        return JobResult("preempted", metrics=metrics)
+        return JobResult("preempted", step=len(rows), metrics=metrics)
+    base = model_identity(source.name, source.config, source.weights_dir, spec.seed)
+    base.update(adapter_identity(spec.model.adapter_dir))
     manifest = write_manifest(
         ctx.output_dir,
         job_id=spec.job_id,
         kind=spec.kind,
-        base_model=model_identity(source.name, source.config, source.weights_dir, spec.seed),
+        base_model=base,
         inputs=[describe_input(spec.data.path, spec.data.id)],
         extra={"spec": spec.to_dict(), "final_metrics": metrics},
     )
+    only_the_artifact(manifest, Path(settings.output_file))
     ctx.events.emit("artifact", path=str(out_path), manifest=str(manifest), kind=spec.kind)
     return JobResult(
-        "succeeded", metrics=metrics, artifacts=[str(out_path)], manifest=str(manifest)
+        "succeeded",
+        step=len(rows),
+        metrics=metrics,
+        artifacts=[str(out_path)],
+        manifest=str(manifest),
     )

@@ -30,6 +30,26 @@ LORA_LINEAR_TARGETS = (
 # ... and the routed experts, which transformers stores as 3-D parameters, not nn.Linear.
 LORA_EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
+
+def lora_modules(targets: list[str] | tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+    """(linear module names, routed-expert parameter names) LoRA adapts for ``targets``.
+
+    None means every target. The routed experts fuse gate and up projections into one
+    ``gate_up_proj`` parameter: it is adapted when ``gate_proj`` or ``up_proj`` is chosen,
+    their ``down_proj`` when ``down_proj`` is.
+    """
+    if targets is None:
+        return list(LORA_LINEAR_TARGETS), list(LORA_EXPERT_PARAMETERS)
+    chosen = set(targets)
+    linear = [t for t in LORA_LINEAR_TARGETS if t in chosen]
+    experts = []
+    if chosen & {"gate_proj", "up_proj"}:
+        experts.append("mlp.experts.gate_up_proj")
+    if "down_proj" in chosen:
+        experts.append("mlp.experts.down_proj")
+    return linear, experts
+
+
 # Bytes per parameter of weights used for compute.
 PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp8": 1.0}
 

@@ -7,7 +7,8 @@ directory with a ``config.json`` (A.X K2, a fine-tuned derivative, a distilled s
 wherever a preset name does: ``resolve_model("/models/axk2")``.
 
 Weights only ever come from a local directory (``from_pretrained(..., local_files_only=True)``);
-nothing here reaches a hub.
+nothing here reaches a hub. A LoRA adapter an earlier job exported goes on top of a loaded
+base with :func:`apply_adapter`.
 """
 
 from __future__ import annotations
@@ -257,3 +258,44 @@ def load_model(
     torch.manual_seed(seed)
     auto: Any = AutoModelForCausalLM  # untyped transformers API
     return auto.from_config(source.config, dtype=dtype)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base_name(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter directory names (peft's ``base_model_name_or_path``)."""
+    import json
+
+    config = Path(adapter_dir) / ADAPTER_CONFIG
+    if not config.is_file():
+        raise PresetError(f"{adapter_dir} is not a LoRA adapter directory (no {ADAPTER_CONFIG})")
+    name = json.loads(config.read_text()).get("base_model_name_or_path")
+    return str(name) if name else None
+
+
+def apply_adapter(
+    model: Any, adapter_dir: str | Path, *, trainable: bool = False, merge: bool = True
+) -> Any:
+    """``model`` with the LoRA adapter in ``adapter_dir`` applied by peft.
+
+    ``trainable=True`` returns the peft model with the adapter's weights training (a lora job
+    going on from an earlier one; the adapter's own rank, alpha and targets apply).
+    Otherwise ``merge=True`` folds the adapter into the base weights and returns a plain
+    model (inference; the other training kinds start from base + adapter).
+    """
+    from peft import PeftModel
+
+    adapter_base_name(adapter_dir)  # refuses a directory that is no adapter
+    if getattr(model, "peft_config", None) is not None:
+        raise PresetError("the model already carries an adapter")
+    first = next(iter(model.parameters()), None)
+    if not trainable and merge and hasattr(first, "ds_id"):  # ZeRO-3 partitioned weights
+        raise PresetError(
+            "merging an adapter into ZeRO-3 partitioned weights is not supported: "
+            "merge it into a model directory first (or run with ZeRO-2)"
+        )
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    if trainable or not merge:
+        return peft_model
+    return peft_model.merge_and_unload()

@@ -97,9 +97,13 @@ def init_distributed(on_gpu: bool) -> tuple[int, int]:
 def pick_device(choice: str) -> tuple[torch.device, torch.dtype]:
     """Device and compute dtype: bf16 on GPU, fp32 on CPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        # A launcher that gives each rank its own device (Ray sets CUDA_VISIBLE_DEVICES to
+        # the rank's GPU) leaves one visible: index 0. torchrun leaves the node's GPUs
+        # visible: the rank's LOCAL_RANK picks its own.
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local), torch.bfloat16
+        index = local if torch.cuda.device_count() > 1 else 0
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index), torch.bfloat16
     return torch.device("cpu"), torch.float32
 
 

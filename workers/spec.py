@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workers.knobs import LORA_TARGETS
+
 JOB_KINDS = ("finetune", "lora", "distill", "inference", "pretrain")
 
 
@@ -23,16 +25,23 @@ class SpecError(ValueError):
 
 @dataclass
 class ModelRef:
-    """A model: preset name or local directory, optional local weights and config overrides."""
+    """A model: preset name or local directory, optional local weights and config overrides.
+
+    ``adapter_dir`` is a LoRA adapter directory an earlier lora job exported (``adapter/``):
+    peft applies it on top of the base for inference, a lora job goes on training it, and
+    the other kinds start from the base with the adapter merged in.
+    """
 
     name: str = "axk1-tiny"
     weights_dir: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    adapter_dir: str | None = None
 
 
 @dataclass
 class DataSpec:
-    """A dataset on local disk: JSONL (``text`` or ``prompt``/``completion``) or plain text.
+    """A dataset on local disk: JSONL (``text``, ``prompt``/``completion`` or chat
+    ``messages``) or plain text.
 
     ``id`` is the control plane's dataset id, recorded in the provenance manifest.
     """
@@ -45,11 +54,18 @@ class DataSpec:
 
 @dataclass
 class LoraSpec:
-    """peft LoRA settings (targets: attention, MLP and routed-expert projections)."""
+    """peft LoRA settings.
+
+    ``targets``: projection names out of :data:`workers.knobs.LORA_TARGETS`; None adapts
+    every attention, MLP and routed-expert projection the model has. The routed experts'
+    fused ``gate_up_proj`` goes with ``gate_proj``/``up_proj``, their ``down_proj`` with
+    ``down_proj``.
+    """
 
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
+    targets: list[str] | None = None
 
 
 @dataclass
@@ -103,8 +119,13 @@ class JobSpec:
     seed: int = 0
     engine: str = "deepspeed"  # deepspeed | torch (a plain loop, for comparison and debugging)
     zero_stage: int | None = None  # None: the capacity planner's choice
+    activation_checkpointing: bool | None = None  # None: the capacity planner's choice
     checkpoint_every: int = 0  # steps; 0 = only on a preemption notice and at the end
     checkpoint_dir: str | None = None  # default <output_dir>/checkpoints
+    keep_checkpoints: int = 0  # newest step-<n> checkpoints kept after each save; 0 = all
+    eval_fraction: float = 0.0  # held-out share of the examples (0: no validation split)
+    eval_every: int = 0  # steps between evaluations of the held-out split; 0 = at the end
+    system_prompt: str | None = None  # system turn for records / prompts without one
     resume: bool = True  # continue from the latest checkpoint when there is one
     preemption_flag: str | None = None  # a file whose appearance asks the job to stop
     log_every: int = 1
@@ -179,6 +200,45 @@ class JobSpec:
             raise SpecError("distill.hard_label_weight: must be in [0, 1]")
         if self.distill.temperature <= 0:
             raise SpecError("distill.temperature: must be positive")
+        self._validate_research_fields()
+
+    def _validate_research_fields(self) -> None:
+        if self.activation_checkpointing not in (None, True, False):
+            raise SpecError(
+                f"activation_checkpointing: {self.activation_checkpointing!r} is not a boolean"
+            )
+        for name in ("keep_checkpoints", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SpecError(f"{name}: must be a whole number >= 0, got {value!r}")
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise SpecError(f"eval_fraction: must be a number, got {fraction!r}")
+        if not 0.0 <= fraction < 1.0:
+            raise SpecError(f"eval_fraction: must be in [0, 1), got {fraction!r}")
+        if self.kind == "inference" and (fraction or self.eval_every):
+            raise SpecError("eval_fraction: only training jobs hold out a validation split")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise SpecError("system_prompt: must be a string")
+        targets = self.lora.targets
+        if targets is not None:
+            if not isinstance(targets, list | tuple) or not targets:
+                raise SpecError("lora.targets: a non-empty list of projection names, or null")
+            unknown = [t for t in targets if t not in LORA_TARGETS]
+            if unknown:
+                raise SpecError(
+                    f"lora.targets: {', '.join(map(repr, unknown))} not among "
+                    f"{', '.join(LORA_TARGETS)}"
+                )
+            if len(set(targets)) != len(targets):
+                raise SpecError("lora.targets: a projection is named twice")
+        for where, ref in (("model", self.model), ("teacher", self.teacher)):
+            if ref is None or ref.adapter_dir is None:
+                continue
+            if not isinstance(ref.adapter_dir, str) or not ref.adapter_dir:
+                raise SpecError(f"{where}.adapter_dir: a local directory path")
+            if "://" in ref.adapter_dir:
+                raise SpecError(f"{where}.adapter_dir: stage the adapter to a local path first")
 
 
 T = TypeVar("T")

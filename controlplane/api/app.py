@@ -113,7 +113,42 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     for module in (jobs, tenancy, inventory, data, plan, artifacts, audit):
         app.include_router(module.router)
     _portal(app)
+    _publish_job_configs(app)
     return app
+
+
+def _publish_job_configs(app: FastAPI) -> None:
+    """Each job kind's ``config`` schema in the OpenAPI (``workers.knobs``): components
+    ``FinetuneConfig`` ... ``SyntheticConfig``; ``JobCreate.config`` is any of them (the
+    job's kind decides which: a submission is validated against that one)."""
+    from fastapi.openapi.utils import get_openapi
+
+    from workers import knobs
+
+    names = {
+        "finetune": "FinetuneConfig",
+        "pretrain": "PretrainConfig",
+        "lora": "LoraConfig",
+        "distill": "DistillConfig",
+        "inference": "InferenceConfig",
+        "synthetic": "SyntheticConfig",
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, routes=app.routes, description=app.description
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for kind, body in knobs.json_schemas().items():
+                components[names[kind]] = {**body, "title": names[kind]}
+            config = components["JobCreate"]["properties"]["config"]
+            config["anyOf"] = [{"$ref": f"#/components/schemas/{n}"} for n in names.values()]
+            config.pop("additionalProperties", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _portal(app: FastAPI) -> None:

@@ -288,6 +288,8 @@ class DatasetPublic(Output):
     labels: dict[str, Any]
     provenance: dict[str, Any]
     version: int
+    sha256: str | None = None
+    size_bytes: int | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -311,7 +313,14 @@ class JobCreate(Input):
     priority_class: str = "research"
     max_runtime_s: int = Field(default=24 * 3600, ge=60, le=MAX_RUNTIME_S)
     preemptible: bool | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+    teacher: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="distill only: the frozen teacher (default axk1)"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="tuning knobs of the job's kind (schemas: FinetuneConfig, LoraConfig, "
+        "DistillConfig, InferenceConfig); never paths",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> JobCreate:
@@ -350,6 +359,7 @@ class JobPublic(Output):
     max_runtime_s: int
     preemptible: bool
     config: dict[str, Any]
+    teacher: str | None = None
     idempotency_key: str | None
     status: str
     attempt: int
@@ -360,6 +370,11 @@ class JobPublic(Output):
     pool: str | None
     assignment: list[list[Any]] = Field(default_factory=list)
     checkpoint_uri: str | None
+    execution_plan: dict[str, Any] | None = Field(
+        default=None,
+        description="what the workers run, resolved at admission (the job's directories "
+        "relative to its own directory)",
+    )
     last_checkpoint_at: datetime | None = None
     times_preempted: int = 0
     preempt_deadline: datetime | None = None
@@ -368,6 +383,44 @@ class JobPublic(Output):
     admitted_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+
+    @model_validator(mode="after")
+    def _no_server_paths(self) -> JobPublic:
+        """The job's directories and checkpoints as paths inside the job's own directory:
+        where the jobs area lies on the servers is nobody's business outside them."""
+        plan = self.execution_plan
+        if not plan or "dirs" not in plan:
+            return self
+        root = str(plan["dirs"].get("root", ""))
+        dirs = {k: _inside(root, str(v)) for k, v in plan["dirs"].items()}
+        models = {}
+        for key in ("model", "teacher"):
+            m = plan.get(key)
+            if m:
+                models[key] = {
+                    **m,
+                    **{
+                        part: {**m[part], "uri": _public_uri(m[part]["uri"])}
+                        for part in ("weights", "adapter")
+                        if m.get(part)
+                    },
+                }
+        self.execution_plan = {**plan, **models, "dirs": dirs}
+        if self.checkpoint_uri:
+            self.checkpoint_uri = _inside(root, self.checkpoint_uri)
+        return self
+
+
+def _inside(root: str, path: str) -> str:
+    """``path`` relative to the job's directory (``.`` for the directory itself)."""
+    if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+        return path[len(root) :].lstrip("/") or "."
+    return path
+
+
+def _public_uri(uri: str) -> str:
+    """An artifact used as a model lies in Nuri's jobs area: named, never located."""
+    return "nuri" if uri.startswith("file://") else uri
 
 
 class JobCancel(Input):
@@ -409,11 +462,42 @@ class ArtifactPublic(Output):
     job_id: str | None
     name: str
     kind: str
-    uri: str
+    # "nuri" when Nuri stores it (fetch it with GET .../download), the s3:// URI when it is in
+    # the member's own store; never a server path.
+    location: str
     sha256: str | None
     labels: dict[str, Any]
     provenance: dict[str, Any]
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_server_paths(cls, data: Any) -> Any:
+        from controlplane.services.artifacts import public_location, public_provenance
+
+        if isinstance(data, dict):
+            row = dict(data)
+        else:
+            names = [n for n in cls.model_fields if n != "location"]
+            row = {n: getattr(data, n) for n in [*names, "uri"] if hasattr(data, n)}
+        uri = row.pop("uri", None)
+        if isinstance(uri, str):
+            row["location"] = public_location(uri)
+        if isinstance(row.get("provenance"), dict):
+            row["provenance"] = public_provenance(row["provenance"])
+        return row
+
+
+class ArtifactDownload(Output):
+    """A link to an artifact's content: ``href`` needs no token and expires at ``expires_at``."""
+
+    artifact_id: str
+    name: str
+    kind: str
+    sha256: str | None
+    size_bytes: int | None
+    href: str
+    expires_at: datetime
 
 
 class ExportRequest(Input):

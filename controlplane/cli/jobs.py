@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import yaml
 from controlplane.cli.session import call, console, emit, fail, parse_duration
 
 jobs_app = typer.Typer(help="Follow and manage your member's jobs.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="What your member's jobs wrote.", no_args_is_help=True)
 
 JOB_COLUMNS = [
     "id",
@@ -37,6 +39,20 @@ def _load_spec(path: Path) -> dict[str, Any]:
     return data
 
 
+def _knobs(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values read as JSON where they parse (numbers, true, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set takes key=value, got {pair!r}", code=2)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def submit(
     spec_file: Annotated[Path | None, typer.Option("--file", "-f", help="YAML job spec")] = None,
     kind: Annotated[
@@ -55,12 +71,21 @@ def submit(
     priority: Annotated[str | None, typer.Option(help="priority class")] = None,
     max_runtime: Annotated[str | None, typer.Option(help="e.g. 30m, 4h, 2d")] = None,
     name: Annotated[str | None, typer.Option()] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="distill: the teacher model (default axk1)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="a config knob, e.g. --set steps=40 --set lr=0.003"),
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="makes retries safe")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Submit a job from flags or a YAML spec (flags override the file)."""
     spec: dict[str, Any] = _load_spec(spec_file) if spec_file else {}
+    if set_:
+        spec["config"] = {**spec.get("config", {}), **_knobs(set_)}
     overrides: dict[str, Any] = {
         "kind": kind,
         "model": model,
@@ -71,6 +96,7 @@ def submit(
         "inputs": input_ or None,
         "priority_class": priority,
         "name": name,
+        "teacher": teacher,
         "max_runtime_s": parse_duration(max_runtime) if max_runtime else None,
     }
     spec.update({k: v for k, v in overrides.items() if v is not None})
@@ -144,6 +170,51 @@ def job_events(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
     )
 
 
+@jobs_app.command("wait")
+def wait_job(
+    job_id: str,
+    timeout: Annotated[str, typer.Option(help="give up after, e.g. 10m")] = "1h",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the status")] = False,
+) -> None:
+    """Wait until a job is finished; exit 0 when it SUCCEEDED, 1 otherwise."""
+    job = call(lambda c: c.wait(job_id, timeout_s=parse_duration(timeout)))
+    reason = (job.get("reasons") or [{}])[0].get("message", "")
+    if quiet:
+        print(job["status"])
+    else:
+        console.print(f"{job['id']} is {job['status']}" + (f": {reason}" if reason else ""))
+    if job["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"):
+        fail(f"{job_id} is still {job['status']} after {timeout}", code=1)
+    if job["status"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("metrics")
+def job_metrics(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A job's metric samples by step: loss, eval loss and perplexity, tokens/s."""
+    page = call(lambda c: c.request("GET", f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}))
+    if as_json:
+        emit(page, True)
+        return
+    keys = ["loss", "eval_loss", "eval_perplexity", "tokens_per_s"]
+    rows = [
+        {
+            "step": m["step"],
+            **{k: _fmt(m["values"].get(k)) for k in keys},
+            "attempt": m.get("attempt", ""),
+        }
+        for m in page["items"]
+    ]
+    emit({"items": rows}, False, ["step", *keys, "attempt"], title=f"metrics of {job_id}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else ""
+
+
 def where(
     model: Annotated[str, typer.Option(help="base model, model dataset or artifact id")],
     input_: Annotated[
@@ -175,3 +246,35 @@ def where(
         f"its outputs would be labelled: regions {', '.join(labels['allowed_regions'])}"
         f"; {labels['classification']}; personal info: {labels['personal_info']}"
     )
+
+
+@artifacts_app.command("list")
+def list_artifacts(
+    job: Annotated[str | None, typer.Option(help="only this job's artifacts")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Artifacts, newest first, with the label each inherited from its inputs."""
+    items = call(lambda c: list(c.paginate("/v1/artifacts")))
+    if job:
+        items = [a for a in items if a["job_id"] == job]
+    if quiet:
+        for art in items:
+            print(art["id"])
+        return
+    rows = [
+        {
+            **a,
+            "regions": ", ".join(a["labels"].get("allowed_regions", [])),
+            "classification": a["labels"].get("classification", ""),
+        }
+        for a in items
+    ]
+    columns = ["id", "name", "kind", "job_id", "regions", "classification", "sha256"]
+    emit({"items": rows}, as_json, columns, title="artifacts")
+
+
+@artifacts_app.command("get")
+def get_artifact(art_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One artifact: its label, provenance and fingerprint."""
+    emit(call(lambda c: c.request("GET", f"/v1/artifacts/{art_id}")), as_json)

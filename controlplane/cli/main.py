@@ -11,7 +11,7 @@ import typer
 
 from controlplane.cli.admin import admin_app, datasets_app
 from controlplane.cli.audit import audit_app
-from controlplane.cli.jobs import jobs_app, submit, where
+from controlplane.cli.jobs import artifacts_app, jobs_app, submit, where
 from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
 from controlplane.cli.simulate import simulate
@@ -32,6 +32,7 @@ app = typer.Typer(
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(audit_app, name="audit")
 app.command()(submit)
 app.command()(where)
@@ -94,7 +95,7 @@ def up(
         scheduler = SchedulerService(
             engine,
             RayExecutor(),
-            SchedulerConfig(checkpoint_root=(settings.home / "checkpoints").resolve()),
+            SchedulerConfig(jobs_root=settings.resolved_jobs_dir),
         )
         api.state.scheduler_wake = scheduler.wake
         scheduler.start()

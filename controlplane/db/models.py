@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controlplane.db.types import UTCDateTime, new_id, utcnow
@@ -200,6 +200,11 @@ class Dataset(SQLModel, table=True):
     labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     version: int = 1
+    # What the data is, byte for byte: the SHA-256 of the file (or of the canonical listing of
+    # a directory / prefix, see workers.staging) and its size. Computed when a file:// dataset
+    # is registered; for s3:// by the first job that reads it. Staging verifies both.
+    sha256: str | None = Field(default=None, max_length=64)
+    size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -247,6 +252,10 @@ class Job(SQLModel, table=True):
     max_runtime_s: int
     preemptible: bool
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # distill only: the frozen teacher (a base model, a registered model or an artifact).
+    teacher: str | None = Field(default=None, max_length=200)
+    # What the workers run, resolved by the control plane at admission (workers.execution).
+    execution_plan: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
     status: str = Field(index=True, max_length=20)

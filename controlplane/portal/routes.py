@@ -251,7 +251,13 @@ def submit(
     try:
         body = schemas.JobCreate.model_validate(typed.to_request())
         job, created = jobs.submit(
-            session, visit.principal, body, key, utcnow(), settings.default_job_retries
+            session,
+            visit.principal,
+            body,
+            key,
+            utcnow(),
+            settings.default_job_retries,
+            settings.synthetic_allowed,
         )
     except (ValidationError, NuriError) as exc:
         session.rollback()
@@ -418,10 +424,11 @@ def artifact_list(request: Request, session: SessionDep, visit: VisitDep) -> HTM
 def artifact_download(
     request: Request, session: SessionDep, visit: VisitDep, form: FormDep, art_id: str
 ) -> HTMLResponse:
-    """Where to fetch the artifact from: the access policy decides and the read is audited,
+    """A link to the artifact's content: the access policy decides and the read is audited,
     exactly as ``GET /v1/artifacts/{id}/download`` (a POST here: it writes an audit event)."""
     sessions.check_csrf(visit.secret, field(form, "csrf"))
-    fetched = artifacts.download(session, visit.principal, art_id, utcnow())
+    key = artifacts.ref_key(request.app.state.audit_key)
+    fetched = artifacts.download(session, visit.principal, art_id, utcnow(), key)
     art = artifacts.visible(session, visit.principal, art_id)
     return page(
         request, "artifacts.html", visit=visit, artifacts=[art], members={}, fetched=fetched

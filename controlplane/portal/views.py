@@ -111,7 +111,10 @@ class SubmitForm:
     kind: str = "lora"
     model: str = "axk1-tiny"
     name: str = ""
-    gpus: str = "8"
+    # One GPU: the default runs the real tiny model, one rank, in a minute on a CPU machine.
+    gpus: str = "1"
+    teacher: str = ""
+    steps: str = ""
     allowed_pools: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     priority_class: str = "research"
@@ -124,7 +127,16 @@ class SubmitForm:
         for key, value in pairs:
             if key in ("allowed_pools", "inputs"):
                 getattr(form, key).append(value)
-            elif key in ("kind", "model", "name", "gpus", "priority_class", "max_runtime_h"):
+            elif key in (
+                "kind",
+                "model",
+                "name",
+                "gpus",
+                "priority_class",
+                "max_runtime_h",
+                "teacher",
+                "steps",
+            ):
                 setattr(form, key, value.strip())
             elif key == "preemptible":
                 form.preemptible = value
@@ -144,6 +156,12 @@ class SubmitForm:
         }
         if self.name:
             body["name"] = self.name
+        if self.teacher:
+            body["teacher"] = self.teacher
+        if self.steps:
+            # Only the kind's knobs: a synthetic or unknown setting is refused as on the API.
+            key = "max_new_tokens" if self.kind == "inference" else "steps"
+            body["config"] = {key: _number(self.steps)}
         if self.preemptible in ("yes", "no"):
             body["preemptible"] = self.preemptible == "yes"
         return body

@@ -25,7 +25,14 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m controlplane.scheduler")
     p.add_argument("--database-url", default=settings.resolved_database_url)
     p.add_argument("--ray-address", default=settings.ray_address)
-    p.add_argument("--checkpoint-root", default=str((settings.home / "checkpoints").resolve()))
+    # --checkpoint-root: the name this flag had before jobs got whole directories.
+    p.add_argument(
+        "--jobs-root",
+        "--checkpoint-root",
+        dest="jobs_root",
+        default=str(settings.resolved_jobs_dir),
+        help="the jobs area: <jobs root>/<member id>/<job id>/ per job",
+    )
     p.add_argument("--holder", default=None, help="instance name (default: host + random)")
     p.add_argument("--lease-ttl", type=float, default=15.0)
     p.add_argument("--interval", type=float, default=2.0)
@@ -37,7 +44,7 @@ def main() -> None:
     migrate(engine)
     ray.init(address=args.ray_address, namespace="nuri", log_to_driver=False)
     config = SchedulerConfig(
-        checkpoint_root=Path(args.checkpoint_root),
+        jobs_root=Path(args.jobs_root),
         lease_ttl_s=args.lease_ttl,
         interval_s=args.interval,
         engine=quotas.EngineConfig(grace_period=args.grace_period, min_runtime=args.min_runtime),

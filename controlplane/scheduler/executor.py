@@ -63,10 +63,8 @@ class LaunchSpec:
     attempt: int
     pool: str
     assignment: tuple[tuple[str, int], ...]
-    config: dict[str, Any]
-    checkpoint_dir: str
-    resume_from: str | None = None
-    kind: str = "finetune"
+    # The job's ExecutionPlan (workers.execution) as stored: the only thing the workers get.
+    plan: dict[str, Any]
 
 
 class RayExecutor:
@@ -168,10 +166,7 @@ class RayExecutor:
                 return
             ray.kill(existing)  # a stale attempt's supervisor: its bundles are gone
         payload = {
-            "kind": spec.kind,
-            "config": spec.config,
-            "checkpoint_dir": spec.checkpoint_dir,
-            "resume_from": spec.resume_from,
+            "plan": spec.plan,
             "placement_group": placement_group_name(spec.job_id, spec.attempt),
             "pool_resource": f"{POOL_PREFIX}{spec.pool}",
         }

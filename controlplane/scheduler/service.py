@@ -20,14 +20,13 @@ instance or another, completes: names are deterministic, so nothing is created t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 import quotas
-from controlplane import residency
+from controlplane import execution, residency
 from controlplane.audit import log as audit_log
 from controlplane.db.models import Job, JobEvent, JobLog, JobMetric, Node
 from controlplane.db.types import utcnow
@@ -50,7 +49,7 @@ from controlplane.scheduler.executor import (
     Unanswered,
 )
 from controlplane.scheduler.snapshot import build, held_assignments
-from controlplane.services import artifacts
+from controlplane.services import artifacts, datasets
 from controlplane.usage import close_usage, open_usage
 
 log = logging.getLogger("nuri.scheduler")
@@ -73,7 +72,8 @@ class CycleReport:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    checkpoint_root: Path
+    # The jobs area: each job's directory is <jobs_root>/<member id>/<job id>.
+    jobs_root: Path
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     lease_ttl_s: float = 15.0
     interval_s: float = 2.0
@@ -105,6 +105,8 @@ class SchedulerService:
         self.last_report: CycleReport | None = None
         # Cache only: when each silent supervisor went quiet (restarts begin counting anew).
         self._silent_since: dict[str, datetime] = {}
+        # Cache only: when each cancelled job's grace to checkpoint and stop ends.
+        self._cancel_deadline: dict[str, datetime] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,7 +156,8 @@ class SchedulerService:
         live = [
             (j.id, j.attempt, j.observed_events)
             for j in jobs
-            if j.status in (S.ADMITTED.value, S.RUNNING.value, S.PREEMPTING.value)
+            if j.status
+            in (S.ADMITTED.value, S.RUNNING.value, S.PREEMPTING.value, S.CANCELLED.value)
         ]
         reports = self.ray.status_many(live) if live else {}
         for job in jobs:
@@ -172,10 +175,17 @@ class SchedulerService:
         report: CycleReport,
     ) -> None:
         status = S(job.status)
+        if status is S.CANCELLED and isinstance(sup, dict):
+            if sup["state"] == "running" and self._stop_gracefully(job, sup):
+                return
+            self._store_events(job, sup["events"])  # the final checkpoint, if it came
         if status in (S.CANCELLED, S.SUCCEEDED, S.FAILED, S.QUEUED):
             # Finished (or requeued) but still holding Ray resources: free them exactly once.
+            # A cancelled job held its GPUs until now (its grace to checkpoint): billed so.
+            self._cancel_deadline.pop(job.id, None)
             self.ray.teardown(job.id, job.attempt)
-            self._release(job, job.finished_at or self.clock(), report)
+            ended = self.clock() if status is S.CANCELLED else job.finished_at or self.clock()
+            self._release(job, ended, report)
             return
         lost_nodes = [n for n, _ in job.assignment if n not in inventory.alive]
         if lost_nodes and status in (S.RUNNING, S.PREEMPTING):
@@ -239,6 +249,22 @@ class SchedulerService:
                 code="max_runtime_exceeded",
             )
 
+    def _stop_gracefully(self, job: Job, sup: dict[str, Any]) -> bool:
+        """A cancelled job still running: ask it to checkpoint and stop, as a preemption
+        would, and keep its GPUs until it has or its grace period is over. True while
+        waiting."""
+        now = self.clock()
+        deadline = self._cancel_deadline.get(job.id)
+        if deadline is None:
+            deadline = now + timedelta(seconds=self.config.engine.grace_period)
+            self._cancel_deadline[job.id] = deadline
+            self.ray.preempt(job.id, deadline.timestamp())
+        self._store_events(job, sup["events"])  # the final checkpoint, when it comes
+        if now < deadline:
+            return True
+        self._cancel_deadline.pop(job.id, None)
+        return False
+
     def _store_events(self, job: Job, events: list[dict[str, Any]]) -> bool:
         """Store the events once; False when another writer moved the job's counter first
         (the caller then re-observes next cycle instead of acting on a partial picture)."""
@@ -271,6 +297,23 @@ class SchedulerService:
                     )
                 elif ev["type"] == "checkpoint" and ev.get("rank", 0) == 0:
                     ckpt = {"uri": ev["uri"], "step": ev["step"], "at": at}
+                elif ev["type"] == "staged":
+                    # An artifact read as a model lies in the jobs area: named, not located.
+                    records = [
+                        {**r, "uri": "nuri"} if str(r.get("id", "")).startswith("art_") else r
+                        for r in ev.get("records", [])
+                    ]
+                    s.add(
+                        JobEvent(
+                            job_id=job.id,
+                            at=at,
+                            type="staged",
+                            attempt=job.attempt,
+                            message=f"staged {len(records)} input(s), each verified",
+                            details={"records": records},
+                        )
+                    )
+                    datasets.pin_fingerprints(s, job.member_id, records)
             values: dict[str, Any] = {"observed_events": job.observed_events + len(events)}
             if ckpt is not None:
                 values.update(checkpoint_uri=ckpt["uri"], last_checkpoint_at=ckpt["at"])
@@ -354,23 +397,27 @@ class SchedulerService:
             )
             if output is not None:
                 # The artifact and its effective label are written with the SUCCEEDED status.
-                artifacts.register_output(s, job, now, *output)
+                artifacts.register_output(
+                    s, job, now, output.uri, output.sha256, output.size_bytes, output.read
+                )
             s.commit()
         self.ray.teardown(job.id, job.attempt)
         job.status = to.value
         self._release(job, now, report)
         report.finished[job.id] = to.value
 
-    def _output_of(self, job: Job) -> tuple[str, str | None]:
-        """Where the job's output lies and its content hash (read before any transaction)."""
-        directory = self.config.checkpoint_root / job.id
-        if not directory.is_dir():
-            return job.checkpoint_uri or str(directory), None
-        digest = hashlib.sha256()
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(directory).as_posix().encode())
-            digest.update(path.read_bytes())
-        return str(directory), digest.hexdigest()
+    def _output_of(self, job: Job) -> artifacts.Output | None:
+        """What the job wrote, fingerprinted, and what it read (before any transaction)."""
+        with Session(self.db, expire_on_commit=False) as s:
+            staged = s.exec(
+                select(JobEvent).where(
+                    JobEvent.job_id == job.id,
+                    JobEvent.attempt == job.attempt,
+                    JobEvent.type == "staged",
+                )
+            ).all()
+        read = [r for ev in staged for r in ev.details.get("records", [])]
+        return artifacts.output_of(job, read)
 
     def _infrastructure_failure(self, job: Job, why: str, report: CycleReport) -> None:
         if job.attempt > job.max_retries:
@@ -580,15 +627,15 @@ class SchedulerService:
                 # Checked again at placement: labels may have changed since the engine decided.
                 self._unadmit(job, "residency_denied", "; ".join(decision.reasons) or "denied")
                 continue
+            plan = self._plan(job, report)
+            if plan is None:
+                continue
             spec = LaunchSpec(
                 job_id=job.id,
                 attempt=job.attempt,
                 pool=job.pool or "",
                 assignment=tuple((str(n), int(g)) for n, g in job.assignment),
-                config=job.config,
-                kind=job.kind,
-                checkpoint_dir=str(self.config.checkpoint_root / job.id),
-                resume_from=job.checkpoint_uri,
+                plan=plan,
             )
             ready.append((job, spec))
         if not ready:
@@ -600,6 +647,35 @@ class SchedulerService:
                 self._unadmit(job, "placement_failed", str(failure))
             else:
                 self._mark_running(job, report)
+
+    def _plan(self, job: Job, report: CycleReport) -> dict[str, Any] | None:
+        """Resolve the admitted job into its ExecutionPlan and store it with the job (the
+        workers get this and nothing else); a job that cannot be resolved fails."""
+        now = self.clock()
+        try:
+            with Session(self.db, expire_on_commit=False) as s:
+                plan = execution.resolve(s, job, job.pool or "", self.config.jobs_root)
+        except execution.PlanFailed as exc:
+            self._finish(job, S.FAILED, exc.message, report, code=exc.code, details=exc.details)
+            return None
+        stored = plan.to_dict()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            result = s.execute(
+                update(Job)
+                .where(
+                    col(Job.id) == job.id,
+                    col(Job.attempt) == job.attempt,
+                    col(Job.status) == S.ADMITTED.value,
+                )
+                .values(execution_plan=stored)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return None  # moved underneath us (a cancel): nothing to launch
+            s.commit()
+        job.execution_plan = stored
+        return stored
 
     def _unadmit(self, job: Job, code: str, message: str) -> None:
         """Roll an admission back (same attempt): the job waits for the next cycle."""

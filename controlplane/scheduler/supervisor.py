@@ -1,13 +1,18 @@
-"""The Ray side of one job attempt: a detached supervisor actor and one worker per bundle.
+"""The Ray side of one job attempt: a detached supervisor actor and one rank per GPU.
 
 The supervisor is named ``nuri-job-<id>`` so a restarted control plane finds it instead of
-starting a second one. It owns the worker ranks (they die with it), relays their progress,
-checkpoints and log lines, and turns a preemption notice into a stop request. The control
-plane polls it; it never writes to the database itself.
+starting a second one. It receives the job's ExecutionPlan (``workers.execution``) and
+nothing else: it stages the plan's inputs into the job's directory (verifying each against
+its registered SHA-256), then starts one rank per GPU of each placement-group bundle (world
+size = the job's GPUs; ``LOCAL_RANK`` = the GPU's index on its node; Ray gives each rank its
+own device). It owns the ranks (they die with it), relays their progress, checkpoints and log
+lines, and turns a preemption notice or a cancel into a stop request. The control plane
+polls it; it never writes to the database itself.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -21,14 +26,21 @@ RANK_STATES = ("starting", "running", "succeeded", "failed", "preempted")
 
 
 class RankWorker:
-    """One rank, pinned to one bundle (one node). Runs its payload in a thread so that
-    ``poll`` and ``stop`` are served while it works (the actor is threaded)."""
+    """One rank: one GPU of a bundle (one per bundle for the synthetic payload). Runs its
+    payload in a thread so that ``poll`` and ``stop`` are served while it works."""
 
     def __init__(
-        self, job_id: str, attempt: int, rank: int, world_size: int, spec: dict[str, Any]
+        self,
+        job_id: str,
+        attempt: int,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        plan: dict[str, Any],
     ) -> None:
         self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
-        self.spec = spec
+        self.local_rank = local_rank
+        self.plan = plan
         self.state = "starting"
         self.error: str | None = None
         self.events: list[dict[str, Any]] = []
@@ -60,11 +72,11 @@ class RankWorker:
             values = {
                 k: v
                 for k, v in event.items()
-                if isinstance(v, int | float) and k not in ("step", "rank", "at")
+                if isinstance(v, int | float) and k not in ("step", "rank", "at", "ts")
             }
             self._emit({"type": "metric", "step": int(event.get("step", 0)), "values": values})
         elif kind == "checkpoint":
-            uri = str(event.get("path", self.spec["checkpoint_dir"]))
+            uri = str(event.get("path", self.plan["dirs"]["checkpoints"]))
             self._emit({"type": "checkpoint", "step": int(event.get("step", 0)), "uri": uri})
         else:
             brief = {k: v for k, v in event.items() if k not in ("type", "plan", "manifest")}
@@ -72,47 +84,39 @@ class RankWorker:
 
     def _run(self, master: tuple[str, int]) -> None:
         self.state = "running"
-        config = self.spec.get("config", {})
         try:
-            payload = config.get("payload", "synthetic")
-            if payload == "synthetic":
+            from workers.execution import ExecutionPlan, job_spec, synthetic_knobs
+
+            plan = ExecutionPlan.from_dict(self.plan)
+            if plan.payload == "synthetic":
                 from workers import synthetic
 
+                knobs = synthetic_knobs(plan).model_dump()
                 self.state = synthetic.run(
-                    synthetic.SyntheticConfig.from_config(config),
-                    Path(self.spec["checkpoint_dir"]),
+                    synthetic.SyntheticConfig.from_config(knobs),
+                    Path(plan.dirs.checkpoints),
                     self.rank,
                     self.world_size,
                     self._stop.is_set,
                     self._emit,
                 )
-            elif payload == "workers":
-                # The real A.X K1 loops: one torch.distributed rank per bundle.
-                from workers.reporting import CallbackReporter
-                from workers.runtime import run_rank
-                from workers.spec import JobSpec
+                return
+            # The real loops: one torch.distributed rank per GPU, applying the plan exactly.
+            from workers.reporting import CallbackReporter
+            from workers.runtime import run_rank
 
-                spec = JobSpec.from_dict(
-                    {
-                        **config.get("spec", {}),
-                        "job_id": self.job_id,
-                        "kind": self.spec["kind"],
-                        "output_dir": self.spec["checkpoint_dir"],
-                    }
-                )
-                result = run_rank(
-                    spec,
-                    self.rank,
-                    self.world_size,
-                    master,
-                    self._stop.is_set,
-                    CallbackReporter(self._from_worker),
-                )
-                self.state = result.status if result.status in RANK_STATES else "failed"
-                if self.state == "failed":
-                    self.error = str(getattr(result, "error", "") or "the payload failed")
-            else:
-                raise ValueError(f"unknown payload {payload!r}")
+            os.environ["LOCAL_RANK"] = str(self.local_rank)
+            result = run_rank(
+                job_spec(plan),
+                self.rank,
+                self.world_size,
+                master,
+                self._stop.is_set,
+                CallbackReporter(self._from_worker),
+            )
+            self.state = result.status if result.status in RANK_STATES else "failed"
+            if self.state == "failed":
+                self.error = str(getattr(result, "error", "") or "the payload failed")
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._emit({"type": "log", "line": traceback.format_exc(limit=5)})
@@ -133,35 +137,106 @@ class RankWorker:
 
 
 class JobSupervisor:
-    """Starts the ranks in the placement group's bundles and answers the control plane."""
+    """Stages the plan's inputs, starts one rank per GPU in the placement group's bundles,
+    and answers the control plane."""
 
     def __init__(
         self, job_id: str, attempt: int, spec: dict[str, Any], bundle_gpus: list[int]
     ) -> None:
         self.job_id, self.attempt = job_id, attempt
         self.spec = spec
+        self.plan: dict[str, Any] = spec["plan"]
+        self.bundle_gpus = bundle_gpus
         self.started_at = time.time()
         self.preempt_deadline: float | None = None
-        self._seen = [0] * len(bundle_gpus)
+        self.ranks: list[Any] = []
+        self._seen: list[int] = []
+        self._phase = "staging"  # -> started | failed
+        self._failure: str | None = None
+        self._stopping = False
         self._status_lock = threading.Lock()
         self._buffer: list[dict[str, Any]] = []
-        pg = ray.util.get_placement_group(spec["placement_group"])
+        # Staging can take long (large inputs): the actor answers status calls meanwhile.
+        threading.Thread(target=self._start, name=f"nuri-start-{job_id}", daemon=True).start()
+
+    def _record(self, event: dict[str, Any]) -> None:
+        with self._status_lock:
+            self._buffer.append({"at": time.time(), "rank": 0, **event})
+
+    def _start(self) -> None:
+        try:
+            if self.plan["payload"] == "model":
+                self._stage()
+            if self._stopping:
+                self._phase = "stopped"
+                return
+            self._start_ranks()
+            self._phase = "started"
+        except Exception as exc:
+            from workers.staging import StagingError
+
+            if isinstance(exc, StagingError):
+                self._failure = f"staging failed ({exc.code}): {exc}"
+            else:
+                self._failure = f"could not start: {type(exc).__name__}: {exc}"
+            self._record({"type": "log", "line": self._failure[:2000]})
+            self._phase = "failed"
+
+    def _stage(self) -> None:
+        """Copy every input the plan names into the job's directory, verifying each."""
+        from workers.execution import ExecutionPlan
+        from workers.staging import stage_plan, storage_options_from_env
+
+        plan = ExecutionPlan.from_dict(self.plan)
+        for d in (plan.dirs.inputs, plan.dirs.checkpoints, plan.dirs.output, plan.dirs.scratch):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        records = stage_plan(plan, storage_options_from_env())
+        for r in records:  # where inside the job's own directory, not where on the server
+            r["local_path"] = str(Path(r["local_path"]).relative_to(plan.dirs.root))
+        self._record({"type": "staged", "records": records})
+        for r in records:
+            how = "reused" if r.get("reused") else "staged"
+            self._record(
+                {
+                    "type": "log",
+                    "line": f"{how} {r['role']} {r['name']} ({r['id']}): {r['size_bytes']} bytes, "
+                    f"{r['files']} file(s), sha256 {r['sha256'][:16]}...",
+                }
+            )
+
+    def _start_ranks(self) -> None:
+        pg = ray.util.get_placement_group(self.spec["placement_group"])
         worker_cls = ray.remote(RankWorker)
-        self.ranks: list[Any] = [
+        per_gpu = self.plan["payload"] == "model"
+        # (bundle, GPUs of this rank, local rank): one rank per GPU for the real loops; the
+        # synthetic payload has no devices and runs one process per bundle.
+        layout = [
+            (i, 1 if per_gpu else gpus, local)
+            for i, gpus in enumerate(self.bundle_gpus)
+            for local in range(gpus if per_gpu else 1)
+        ]
+        world = len(layout)
+        ranks: list[Any] = [
             worker_cls.options(
                 num_cpus=0,
                 num_gpus=gpus,
                 max_concurrency=4,
-                resources={spec["pool_resource"]: gpus},
+                resources={self.spec["pool_resource"]: gpus},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=i
+                    placement_group=pg, placement_group_bundle_index=bundle
                 ),
-            ).remote(job_id, attempt, i, len(bundle_gpus), spec)
-            for i, gpus in enumerate(bundle_gpus)
+            ).remote(self.job_id, self.attempt, rank, world, local, self.plan)
+            for rank, (bundle, gpus, local) in enumerate(layout)
         ]
-        master = ray.get(self.ranks[0].endpoint.remote(), timeout=120)
-        for r in self.ranks:
+        master = ray.get(ranks[0].endpoint.remote(), timeout=120)
+        with self._status_lock:
+            self.ranks = ranks
+            self._seen = [0] * len(ranks)
+        for r in ranks:
             r.start.remote(master)
+        if self._stopping:
+            for r in ranks:
+                r.stop.remote()
 
     def ping(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "started_at": self.started_at}
@@ -172,7 +247,8 @@ class JobSupervisor:
         Events are kept for the whole attempt so a control plane that crashed after reading
         them but before storing them reads them again: it passes how many it has stored.
         Ranks that do not answer within ``timeout_s`` (still starting, or busy) count as
-        running; a rank whose actor died fails the attempt.
+        running; a rank whose actor died fails the attempt. While inputs are being staged
+        the attempt is running; a staging failure fails it.
         """
         # Calls can overlap (the actor is threaded and a control plane that gave up waiting
         # asks again): one at a time, and each rank's events are taken by absolute index.
@@ -180,6 +256,34 @@ class JobSupervisor:
             return self._status(after_event, timeout_s)
 
     def _status(self, after_event: int, timeout_s: float) -> dict[str, Any]:
+        states: list[str] = []
+        errors: list[str] = []
+        if self._phase == "failed":
+            states, errors = ["failed"], [self._failure or "could not start"]
+        elif self._phase == "stopped":
+            states = ["preempted"]
+        elif self.ranks:
+            states, errors = self._poll_ranks(timeout_s)
+        else:
+            states = ["running"]
+        if "failed" in states:
+            state = "failed"
+        elif all(s == "succeeded" for s in states):
+            state = "succeeded"
+        elif all(s in ("preempted", "succeeded") for s in states) and "preempted" in states:
+            state = "preempted"
+        else:
+            state = "running"
+        return {
+            "attempt": self.attempt,
+            "state": state,
+            "errors": errors,
+            "events": self._buffer[after_event:],
+            "total_events": len(self._buffer),
+            "preempt_deadline": self.preempt_deadline,
+        }
+
+    def _poll_ranks(self, timeout_s: float) -> tuple[list[str], list[str]]:
         refs = {r.poll.remote(self._seen[i]): i for i, r in enumerate(self.ranks)}
         ready, _pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         states = ["running"] * len(self.ranks)
@@ -198,29 +302,14 @@ class JobSupervisor:
             states[i] = out["state"]
             if out["error"]:
                 errors.append(f"rank {i}: {out['error']}")
-        if "failed" in states:
-            state = "failed"
-        elif all(s == "succeeded" for s in states):
-            state = "succeeded"
-        elif all(s in ("preempted", "succeeded") for s in states) and "preempted" in states:
-            state = "preempted"
-        else:
-            state = "running"
-        return {
-            "attempt": self.attempt,
-            "state": state,
-            "errors": errors,
-            "events": self._buffer[after_event:],
-            "total_events": len(self._buffer),
-            "preempt_deadline": self.preempt_deadline,
-        }
+        return states, errors
 
     def preempt(self, deadline: float) -> None:
         """Ask every rank to checkpoint and stop; the control plane kills us at ``deadline``."""
         self.preempt_deadline = deadline
-        for r in self.ranks:
-            r.stop.remote()
+        self.stop()
 
     def stop(self) -> None:
+        self._stopping = True
         for r in self.ranks:
             r.stop.remote()

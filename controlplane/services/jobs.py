@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from controlplane import planning, residency
+from controlplane import execution, planning, residency
 from controlplane.api import schemas
 from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
@@ -34,10 +34,13 @@ from controlplane.errors import (
 )
 from controlplane.jobstate import TERMINAL, JobStatus, transition
 from controlplane.services import catalog, group_commit, lookup, paging
+from workers import knobs
 
 # Base models every member may name; anything else must be a registered model dataset.
 BASE_MODELS = frozenset(residency.BASE_MODEL_JURISDICTION)
 MAX_CONFIG_BYTES = 64 * 1024
+# The teacher a distillation learns from when the job names none.
+DEFAULT_TEACHER = "axk1"
 
 
 def request_hash(body: schemas.JobCreate) -> str:
@@ -90,13 +93,31 @@ def input_ids_of(session: Session, member_id: str, body: schemas.JobCreate) -> l
     return input_ids
 
 
-def check_model(session: Session, member_id: str, model: str) -> None:
-    """A base model, a model dataset or a derived model artifact of the caller's member."""
+def check_model(session: Session, member_id: str, model: str, runs: bool = False) -> None:
+    """A base model, a model dataset or a derived model artifact of the caller's member.
+
+    ``runs``: the job runs the real model, so its weights must exist here (a base preset
+    too large to initialise at random needs registered weights).
+    """
     if model in BASE_MODELS:
+        if runs and model not in execution.SEEDABLE_PRESETS:
+            raise InvalidRequest(
+                f"{model} has no local weights here: register its weights as a model dataset "
+                "(POST /v1/datasets with kind=model) and name that, or use a small preset "
+                f"({', '.join(sorted(execution.SEEDABLE_PRESETS))})",
+                code="weights_unavailable",
+                details={"model": model, "presets": sorted(execution.SEEDABLE_PRESETS)},
+            )
         return
     if model.startswith("art_"):
         art = session.get(Artifact, model)
         if art is not None and art.member_id == member_id:
+            if art.kind not in ("model", "adapter"):
+                raise InvalidRequest(
+                    f"artifact {model} holds {art.kind}, not a model",
+                    code="not_a_model",
+                    details={"model": model, "kind": art.kind},
+                )
             return
     found = session.exec(
         select(Dataset).where(
@@ -113,12 +134,42 @@ def check_model(session: Session, member_id: str, model: str) -> None:
         )
 
 
-def _validate(
-    session: Session, member_id: str, body: schemas.JobCreate
-) -> tuple[int, int, list[str], bool]:
-    """Check every reference and the shape; returns (nodes, gpus_per_node, inputs, preemptible)."""
+def check_config(body: schemas.JobCreate, allow_synthetic: bool) -> dict[str, Any]:
+    """The job's knobs, validated against its kind's schema (``workers.knobs``)."""
     if len(json.dumps(body.config)) > MAX_CONFIG_BYTES:
         raise InvalidRequest("config is larger than 64 KiB", code="config_too_large")
+    try:
+        validated = knobs.knobs_for(body.kind.value, body.config)
+    except knobs.KnobError as exc:
+        raise InvalidRequest(str(exc), code="invalid_config", details=exc.details) from None
+    if knobs.is_synthetic(body.config) and not allow_synthetic:
+        raise InvalidRequest(
+            "the synthetic payload is switched off on this deployment",
+            code="synthetic_disabled",
+            details={"setting": "NURI_ALLOW_SYNTHETIC_PAYLOAD"},
+        )
+    return validated.model_dump(mode="json")
+
+
+def teacher_of(body: schemas.JobCreate) -> str | None:
+    if body.kind.value != "distill":
+        if body.teacher is not None:
+            raise InvalidRequest(
+                "only distill jobs take a teacher",
+                code="invalid_teacher",
+                details={"kind": body.kind.value},
+            )
+        return None
+    return body.teacher or DEFAULT_TEACHER
+
+
+def _validate(
+    session: Session, member_id: str, body: schemas.JobCreate, allow_synthetic: bool = True
+) -> tuple[int, int, list[str], bool]:
+    """Check every reference and the shape; returns (nodes, gpus_per_node, inputs, preemptible)."""
+    knob_values = check_config(body, allow_synthetic)
+    real = not knobs.is_synthetic(body.config)
+    teacher = teacher_of(body)
     cat = catalog.get(session)
     shapes = cat.shapes
     unknown = [p for p in [*body.allowed_pools, *body.preferred_pools] if p not in shapes]
@@ -133,10 +184,18 @@ def _validate(
     )
     nodes, per_node = _shape(body, candidates)
     input_ids = input_ids_of(session, member_id, body)
-    check_model(session, member_id, body.model)
+    if real and not input_ids:
+        raise InvalidRequest(
+            f"a {body.kind.value} job reads at least one registered dataset: name it in inputs",
+            code="inputs_required",
+            details={"kind": body.kind.value},
+        )
+    check_model(session, member_id, body.model, runs=real)
+    if teacher is not None:
+        check_model(session, member_id, teacher, runs=real)
     # Residency before capacity: a pool the data may not enter is no candidate at all.
     facts = residency.input_facts(
-        session, member_id, body.model, input_ids, list(cat.pool_facts.values())
+        session, member_id, body.model, input_ids, list(cat.pool_facts.values()), teacher
     )
     decisions = residency.engine(session).allowed_pools(
         facts, [cat.pool_facts[c.name] for c in candidates]
@@ -175,7 +234,9 @@ def _validate(
         for c in candidates
         if _fits(c, nodes, per_node, body.same_domain)
     ]
-    planning.check_submission(body.kind.value, body.model, body.config, body.gpus, nodes, pools)
+    planning.check_submission(
+        body.kind.value, body.model, teacher, knob_values, body.gpus, nodes, pools
+    )
     class_preemptible = cat.priority_classes.get(body.priority_class)
     if class_preemptible is None:
         raise InvalidRequest(
@@ -200,6 +261,7 @@ def submit(
     idempotency_key: str | None,
     now: datetime,
     max_retries: int,
+    allow_synthetic: bool = True,
 ) -> tuple[schemas.JobPublic, bool]:
     """Persist a QUEUED job and its first event in one transaction.
 
@@ -218,7 +280,9 @@ def submit(
         if existing is not None:
             return _replay(existing, digest), False
     try:
-        nodes, per_node, input_ids, preemptible = _validate(session, member_id, body)
+        nodes, per_node, input_ids, preemptible = _validate(
+            session, member_id, body, allow_synthetic
+        )
     except residency.ResidencyDenied as denied:
         # A policy denial is a decision worth keeping: record it, though nothing else is.
         session.rollback()
@@ -261,6 +325,8 @@ def submit(
         "max_runtime_s": body.max_runtime_s,
         "preemptible": preemptible,
         "config": body.config,
+        "teacher": teacher_of(body),
+        "execution_plan": None,
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "status": JobStatus.QUEUED.value,
@@ -298,6 +364,7 @@ def submit(
         details={
             "kind": row["kind"],
             "model": body.model,
+            "teacher": row["teacher"],
             "inputs": input_ids,
             "gpus": body.gpus,
             "nodes": nodes,

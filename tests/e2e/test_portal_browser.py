@@ -74,10 +74,31 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 world[name] = token.json()["token"]
                 quota = {"member": name, "pool": "kr-seoul-h200", "nominal_gpus": 16}
                 assert c.post("/v1/quotas", json=quota).status_code == 201
+                # The member's data, in its data directory, registered as a dataset.
+                data = tmp_path / ".nuri" / "data" / name / "corpus.jsonl"
+                data.parent.mkdir(parents=True, exist_ok=True)
+                data.write_text('{"text": "법률 문서의 요약"}\n' * 20, encoding="utf-8")
+                ds = httpx.post(
+                    f"{url}/v1/datasets",
+                    headers={"Authorization": f"Bearer {world[name]}"},
+                    json={
+                        "name": f"{name}-corpus",
+                        "uri": data.as_uri(),
+                        "labels": {"jurisdiction": "KR", "allowed_regions": ["kr-seoul"]},
+                    },
+                    timeout=30,
+                )
+                assert ds.status_code == 201, ds.text
         other = httpx.post(
             f"{url}/v1/jobs",
             headers={"Authorization": f"Bearer {world['chips']}"},
-            json={"kind": "lora", "model": "axk1-tiny", "gpus": 8, "name": "chips-secret"},
+            json={
+                "kind": "lora",
+                "model": "axk1-tiny",
+                "gpus": 8,
+                "name": "chips-secret",
+                "inputs": ["chips-corpus"],
+            },
             timeout=180,
         )
         assert other.status_code == 201
@@ -114,6 +135,7 @@ def test_member_user_submits_follows_and_cancels_a_job(server: dict[str, Any]) -
             page.fill("#gpus", "8")
             page.fill("#max_runtime_h", "3")
             page.get_by_label("kr-seoul-h200").check()
+            page.get_by_label("univ-corpus").check()
             page.get_by_role("button", name="Submit").click()
             expect(page.get_by_test_id("status")).to_have_text("QUEUED")
             job_id = page.url.rsplit("/", 1)[1]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from tests.e2e.server import BIN, free_port, nuri_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(720)]
 
 
 def tour_script() -> str:
@@ -52,7 +54,7 @@ def test_readme_tour_works_as_written(nuri_up: tuple[str, dict[str, str], Path])
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
     )
     assert done.returncode == 0, f"tour failed:\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
 
@@ -65,14 +67,78 @@ def test_readme_tour_works_as_written(nuri_up: tuple[str, dict[str, str], Path])
     pools = {p["name"]: p for p in httpx.get(f"{url}/v1/pools", headers=admin).json()["items"]}
     assert pools["kr-seoul-h200"]["total_gpus"] == 64
 
-    # Both of Minji's jobs exist, were submitted once each and are now cancelled.
+    # Both of Minji's jobs ran for real, once each, and succeeded.
     jobs = httpx.get(f"{url}/v1/jobs", headers=admin, params={"member": "jeju-lab"}).json()
     by_name = {j["name"]: j for j in jobs["items"]}
     assert set(by_name) == {"tour-lora", "tour-infer"}
-    assert {j["status"] for j in jobs["items"]} == {"CANCELLED"}
-    assert by_name["tour-lora"]["idempotency_key"] == "tour-lora-1"
+    assert {j["status"] for j in jobs["items"]} == {"SUCCEEDED"}, jobs
+    lora = by_name["tour-lora"]
+    assert lora["idempotency_key"] == "tour-lora-1"
+    assert lora["execution_plan"]["capacity"]["ranks"] == 2
+    curve = httpx.get(f"{url}/v1/jobs/{lora['id']}/metrics", headers=admin).json()["items"]
+    losses = [m["values"]["loss"] for m in curve if "loss" in m["values"]]
+    assert losses[-1] < losses[0], losses
+    # The artifacts inherit the data's label: Korean regions only, personal information.
+    arts = httpx.get(f"{url}/v1/artifacts", headers=admin, params={"limit": 100}).json()
+    mine = {a["job_id"]: a for a in arts["items"]}
+    adapter, outputs = mine[lora["id"]], mine[by_name["tour-infer"]["id"]]
+    assert adapter["kind"] == "adapter" and outputs["kind"] == "outputs"
+    for art in (adapter, outputs):
+        assert set(art["labels"]["allowed_regions"]) <= {"kr-seoul", "kr-daejeon"}
+        assert art["labels"]["personal_info"] is True
     assert "exceeds_capacity" in done.stdout and "residency_denied" in done.stdout
-    assert "insufficient_gpus" in done.stdout
+    assert "weights_unavailable" in done.stdout and "invalid_config" in done.stdout
     assert "residency.schedule.region" in done.stdout
     assert "FAILED" not in done.stdout + done.stderr
     assert (cwd / "audit-export" / "events.jsonl").exists()
+
+
+def test_the_portals_default_submission_runs_a_real_job(
+    nuri_up: tuple[str, dict[str, str], Path],
+) -> None:
+    """The submit form as it comes (kind, model, GPUs untouched), with one of the demo's
+    shipped datasets ticked: a real tiny job whose loss falls and whose artifact appears."""
+    url, _env, cwd = nuri_up
+    admin = {"Authorization": f"Bearer {(cwd / '.nuri' / 'admin-token').read_text().strip()}"}
+    users = httpx.get(f"{url}/v1/users", headers=admin, params={"limit": 100}).json()["items"]
+    researcher = next(u for u in users if u["email"] == "researcher@hangang.example")
+    token = httpx.post(
+        f"{url}/v1/tokens", headers=admin, json={"name": "portal", "user_id": researcher["id"]}
+    ).json()["token"]
+    with httpx.Client(base_url=url, timeout=60, follow_redirects=True) as browser:
+        assert browser.post("/portal/login", data={"token": token}).status_code == 200
+        form = browser.get("/portal/jobs/new").text
+        fields = dict(re.findall(r'<input[^>]*name="(\w+)" value="([^"]*)"', form))
+        kind = re.search(r'<option value="(\w+)" selected>', form)
+        assert kind is not None and fields["gpus"] == "1" and fields["model"] == "axk1-tiny"
+        submitted = browser.post(
+            "/portal/jobs/new",
+            data={
+                "csrf": fields["csrf"],
+                "idempotency_key": fields["idempotency_key"],
+                "kind": kind.group(1),
+                "model": fields["model"],
+                "gpus": fields["gpus"],
+                "max_runtime_h": fields["max_runtime_h"],
+                "priority_class": "research",
+                "preemptible": "default",
+                "inputs": "ko-encyclopedia",
+            },
+        )
+        assert submitted.status_code == 200 and "/portal/jobs/job_" in str(submitted.url)
+    job_id = str(submitted.url).rsplit("/", 1)[1]
+    mine = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + 420
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=mine, timeout=30).json()
+        if job["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(2)
+    assert job["status"] == "SUCCEEDED", job
+    curve = httpx.get(f"{url}/v1/jobs/{job_id}/metrics", headers=mine, timeout=30).json()
+    losses = [m["values"]["loss"] for m in curve["items"] if "loss" in m["values"]]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    arts = httpx.get(f"{url}/v1/artifacts", headers=mine, timeout=30).json()["items"]
+    art = next(a for a in arts if a["job_id"] == job_id)
+    assert art["kind"] == "adapter" and art["sha256"]

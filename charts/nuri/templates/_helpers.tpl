@@ -55,6 +55,8 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef: {name: {{ include "nuri.secretName" . }}, key: bootstrap-admin-token}
 - name: NURI_AUDIT_KEY_PATH
   value: /var/run/nuri/audit/audit-signing-key.pem
+- name: NURI_JOBS_DIR
+  value: {{ .Values.checkpoints.mountPath | quote }}
 - name: NURI_RAY_ADDRESS
   value: {{ printf "ray://%s:10001" (include "nuri.rayHead" .) | quote }}
 - name: RAY_AUTH_MODE

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 
 from controlplane import residency
 from controlplane.api import schemas
-from controlplane.api.deps import CallerDep, PageDep, SessionDep
+from controlplane.api.deps import CallerDep, PageDep, SessionDep, SettingsDep
+from controlplane.auth import Origin, trace_id_from
 from controlplane.db.models import JobKind, Pool
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidRequest
@@ -49,8 +51,67 @@ def export_artifact(
 
 
 @router.get("/artifacts/{art_id}/download", operation_id="downloadArtifact", tags=["artifacts"])
-def download_artifact(art_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
-    return artifacts.download(session, caller, art_id, utcnow())
+def download_artifact(
+    art_id: str, request: Request, session: SessionDep, caller: CallerDep
+) -> schemas.ArtifactDownload:
+    """A link to the artifact's content, valid for 5 minutes (access policy checked, audited).
+
+    ``href`` needs no bearer token: it is bound to this artifact and to the caller."""
+    key = artifacts.ref_key(request.app.state.audit_key)
+    return schemas.ArtifactDownload.model_validate(
+        artifacts.download(session, caller, art_id, utcnow(), key)
+    )
+
+
+@router.get(
+    "/artifacts/{art_id}/content",
+    operation_id="fetchArtifactContent",
+    tags=["artifacts"],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The artifact: a single file as itself, a directory as a tar archive",
+            "content": {"application/octet-stream": {}, "application/x-tar": {}},
+        },
+        403: {"model": schemas.ErrorBody, "description": "invalid_reference, access_denied"},
+        404: {"model": schemas.ErrorBody, "description": "content_missing"},
+        409: {"model": schemas.ErrorBody, "description": "not_served, unsafe_content"},
+    },
+)
+def artifact_content(
+    art_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    ref: Annotated[str, Query(description="from GET /v1/artifacts/{id}/download")] = "",
+) -> StreamingResponse:
+    """The artifact's bytes, for a link from ``GET .../download`` (no bearer token: the
+    reference is the credential). Audited as ``artifact.fetch``."""
+    origin = Origin(
+        source_ip=request.client.host if request.client else None,
+        request_id=getattr(request.state, "request_id", None),
+        trace_id=trace_id_from(request.headers.get("traceparent")),
+    )
+    content = artifacts.fetch(
+        session,
+        artifacts.ref_key(request.app.state.audit_key),
+        art_id,
+        ref,
+        utcnow(),
+        settings.resolved_jobs_dir,
+        settings.token_touch_interval_s,
+        origin,
+    )
+    return StreamingResponse(
+        content.chunks(),
+        media_type=content.media_type,
+        headers={
+            "Content-Disposition": artifacts.content_disposition(content.filename),
+            "Content-Length": str(content.length),
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 @router.get("/policies", operation_id="getPolicies", tags=["policies"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from controlplane.api import schemas
-from controlplane.api.deps import CallerDep, PageDep, SessionDep
+from controlplane.api.deps import CallerDep, PageDep, SessionDep, SettingsDep
 from controlplane.db.types import utcnow
 from controlplane.services import datasets
 
@@ -19,9 +19,11 @@ router = APIRouter(prefix="/v1")
     tags=["datasets"],
 )
 def create_dataset(
-    body: schemas.DatasetCreate, session: SessionDep, caller: CallerDep
+    body: schemas.DatasetCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep
 ) -> schemas.DatasetPublic:
-    return schemas.DatasetPublic.model_validate(datasets.create_dataset(session, caller, body))
+    return schemas.DatasetPublic.model_validate(
+        datasets.create_dataset(session, caller, body, settings.resolved_data_dir)
+    )
 
 
 @router.get("/datasets", operation_id="listDatasets", tags=["datasets"])
@@ -41,8 +43,12 @@ def get_dataset(ref: str, session: SessionDep, caller: CallerDep) -> schemas.Dat
 
 @router.patch("/datasets/{ref}", operation_id="updateDataset", tags=["datasets"])
 def update_dataset(
-    ref: str, body: schemas.DatasetUpdate, session: SessionDep, caller: CallerDep
+    ref: str,
+    body: schemas.DatasetUpdate,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
 ) -> schemas.DatasetPublic:
     return schemas.DatasetPublic.model_validate(
-        datasets.update_dataset(session, caller, ref, body, utcnow())
+        datasets.update_dataset(session, caller, ref, body, utcnow(), settings.resolved_data_dir)
     )

@@ -46,7 +46,13 @@ async def submit_job(
                 session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             caller = principal_for(request, session, settings, authorization)
             return jobs.submit(
-                session, caller, body, idempotency_key, utcnow(), settings.default_job_retries
+                session,
+                caller,
+                body,
+                idempotency_key,
+                utcnow(),
+                settings.default_job_retries,
+                settings.synthetic_allowed,
             )
 
     job, created = await run_in_threadpool(work)

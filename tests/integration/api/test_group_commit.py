@@ -21,7 +21,7 @@ from controlplane.db.models import AuditEvent, AuditHead, Job, JobEvent
 from controlplane.services import group_commit
 from tests.conftest import World, bearer
 
-LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8}
+LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "inputs": ["alpha-corpus"]}
 
 
 def engine_of(w: World) -> Engine:

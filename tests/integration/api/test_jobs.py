@@ -11,7 +11,9 @@ from sqlmodel import Session, select
 from controlplane.db.models import Job, JobEvent
 from tests.conftest import World, bearer, ok
 
-LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8}
+# A real job reads registered data: the world's dataset of member alpha.
+LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "inputs": ["alpha-corpus"]}
+LORA_B = {**LORA, "inputs": ["beta-corpus"]}
 
 
 def submit(w: World, body: dict[str, Any], key: str | None = None, token: str | None = None):
@@ -94,10 +96,10 @@ def test_same_key_different_body_is_409_and_changes_nothing(world: World) -> Non
 
 def test_idempotency_keys_are_per_member(world: World) -> None:
     a = ok(submit(world, LORA, key="shared-key"), 201)
-    b = ok(submit(world, LORA, key="shared-key", token=world.b.user_token), 201)
+    b = ok(submit(world, LORA_B, key="shared-key", token=world.b.user_token), 201)
     assert a["id"] != b["id"]
     # And B's key reveals nothing about A's job, even with a different body.
-    resp = submit(world, {**LORA, "gpus": 1}, key="shared-key", token=world.b.user_token)
+    resp = submit(world, {**LORA_B, "gpus": 1}, key="shared-key", token=world.b.user_token)
     assert resp.status_code == 409 and resp.json()["details"]["job_id"] == b["id"]
 
 
@@ -124,7 +126,13 @@ def test_concurrent_submissions_with_one_key_make_one_job(sqlite_world: World) -
 
 def test_list_filters_and_cursor_pagination(world: World) -> None:
     created = [ok(submit(world, {**LORA, "name": f"j{i}"}), 201)["id"] for i in range(7)]
-    ok(submit(world, {"kind": "inference", "model": "axk1-tiny", "gpus": 1}), 201)
+    ok(
+        submit(
+            world,
+            {"kind": "inference", "model": "axk1-tiny", "gpus": 1, "inputs": ["alpha-corpus"]},
+        ),
+        201,
+    )
     token = bearer(world.a.user_token)
     seen: list[str] = []
     cursor = None
@@ -264,14 +272,16 @@ def test_events_are_ordered_and_scoped(world: World) -> None:
 
 
 def test_the_plan_refuses_too_few_gpus_and_is_served(world: World) -> None:
-    resp = submit(world, {"kind": "lora", "model": "axk1", "gpus": 8})
+    # Sized from the configuration alone (the synthetic payload needs no weights).
+    synthetic = {"payload": "synthetic"}
+    resp = submit(world, {"kind": "lora", "model": "axk1", "gpus": 8, "config": synthetic})
     assert resp.status_code == 422, resp.text
     body = resp.json()
     assert body["code"] == "insufficient_gpus"
     plan = body["details"]["plans"]["kr-test-h200"]
     assert plan["gpus"] == 16 and plan["nodes"] == 2
     assert "needs at least 16 GPUs" in body["message"]
-    ok(submit(world, {"kind": "lora", "model": "axk1", "gpus": 16}), 201)
+    ok(submit(world, {"kind": "lora", "model": "axk1", "gpus": 16, "config": synthetic}), 201)
     served = ok(
         world.client.post(
             "/v1/plan",
@@ -297,7 +307,7 @@ def test_first_plans_under_concurrency_never_fail(sqlite_world: World) -> None:
         "errors = []\n"
         "def go():\n"
         "    try:\n"
-        "        planning.check_submission('lora', 'axk1-tiny', {}, 8, 1,"
+        "        planning.check_submission('lora', 'axk1-tiny', None, {}, 8, 1,"
         " [('p', 141.0, 8)])\n"
         "    except Exception as exc:\n"
         "        errors.append(repr(exc))\n"

@@ -144,18 +144,21 @@ def test_relabelled_input_reaches_queued_jobs(w: World) -> None:
 
 def test_student_of_a_kr_only_teacher_stays_in_korea(w: World) -> None:
     corpus = dataset(w, "open-corpus")
-    distill = ok(submit(w, kind="distill", model="axk1", inputs=[corpus["id"]]), 201)
-    assert distill["status"] == "QUEUED"
-    student = register_artifact(w.client, distill["id"])
-    assert set(student["labels"]["allowed_regions"]) <= {"kr-seoul", "kr-daejeon"}
-    assert {i["id"] for i in student["provenance"]["inputs"]} == {"axk1", corpus["id"]}
-    # It cannot be scheduled outside Korea...
-    resp = submit(w, kind="inference", model=student["id"], gpus=1, allowed_pools=["us-test-h100"])
-    assert "residency.schedule.region" in denial(resp, "us-test-h100")["policy_ids"]
-    ok(
-        submit(w, kind="inference", model=student["id"], gpus=1, allowed_pools=["kr-test-h100"]),
+    # The student (open weights, open data) learns from A.X K1 (Korean-jurisdiction weights).
+    distill = ok(
+        submit(w, kind="distill", model="student-tiny", teacher="axk1-tiny", inputs=[corpus["id"]]),
         201,
     )
+    assert distill["status"] == "QUEUED" and distill["teacher"] == "axk1-tiny"
+    student = register_artifact(w.client, distill["id"])
+    assert set(student["labels"]["allowed_regions"]) <= {"kr-seoul", "kr-daejeon"}
+    inputs = {(i["id"], i["role"]) for i in student["provenance"]["inputs"]}
+    assert inputs == {("student-tiny", "model"), ("axk1-tiny", "teacher"), (corpus["id"], "input")}
+    # It cannot be scheduled outside Korea...
+    infer = {"kind": "inference", "model": student["id"], "gpus": 1, "inputs": [corpus["id"]]}
+    resp = submit(w, **infer, allowed_pools=["us-test-h100"])
+    assert "residency.schedule.region" in denial(resp, "us-test-h100")["policy_ids"]
+    ok(submit(w, **infer, allowed_pools=["kr-test-h100"]), 201)
     # ...nor exported outside Korea, while export inside Korea is allowed; both are audited.
     resp = w.client.post(
         f"/v1/artifacts/{student['id']}/export",

@@ -55,6 +55,7 @@ COVERED = {
     ("GET", "/v1/artifacts/{art_id}"),
     ("POST", "/v1/artifacts/{art_id}/export"),
     ("GET", "/v1/artifacts/{art_id}/download"),
+    ("GET", "/v1/artifacts/{art_id}/content"),
     ("GET", "/v1/policies"),
     ("POST", "/v1/policies/where"),
     ("GET", "/v1/policies/versions"),
@@ -148,6 +149,48 @@ def test_another_members_objects_are_404(world: World, who: str) -> None:
     assert member["display_name"] == "Beta"
     quota = ok(world.client.get(f"/v1/quotas/{b.quota['id']}", headers=world.root))
     assert quota["nominal_gpus"] == 16
+
+
+def test_artifact_content_needs_a_reference_for_that_artifact_and_user(world: World) -> None:
+    """``GET /v1/artifacts/{id}/content`` takes no token: its reference is the credential.
+    One minted for another artifact, or for a user who cannot see this one, is a 403 that
+    says nothing of whether the artifact exists."""
+    from datetime import UTC, datetime, timedelta
+
+    from controlplane.services.artifacts import make_ref, ref_key
+
+    a, b = world.a, world.b
+    key = ref_key(world.client.app.state.audit_key)  # type: ignore[attr-defined]
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    a_link = ok(
+        world.client.get(f"/v1/artifacts/{a.artifact['id']}/download", headers=bearer(a.user_token))
+    )["href"]
+    a_ref = a_link.split("ref=", 1)[1]
+    refused = [
+        # A's reference, on B's artifact.
+        (b.artifact["id"], a_ref),
+        # References for B's artifact minted for A's user and token (A cannot see it).
+        (b.artifact["id"], make_ref(key, b.artifact["id"], a.user["id"], a.user_token_id, soon)),
+        # A reference for A's artifact with B's user and token (B cannot see it)...
+        (a.artifact["id"], make_ref(key, a.artifact["id"], b.user["id"], b.user_token_id, soon)),
+        # ...or with A's user and B's token.
+        (a.artifact["id"], make_ref(key, a.artifact["id"], a.user["id"], b.user_token_id, soon)),
+    ]
+    for art_id, ref in refused:
+        resp = world.client.get(f"/v1/artifacts/{art_id}/content", params={"ref": ref})
+        assert resp.status_code == 403, (art_id, resp.text)
+        assert resp.json()["code"] == "invalid_reference"
+        # Not even B's own token turns A's reference into a valid one for B's artifact.
+        resp = world.client.get(
+            f"/v1/artifacts/{art_id}/content",
+            params={"ref": ref},
+            headers=bearer(b.user_token),
+        )
+        assert resp.status_code == 403
+    # A's own reference is accepted (the world's artifacts are in the members' own S3
+    # stores, so Nuri answers where instead of serving them).
+    resp = world.client.get(a_link)
+    assert resp.status_code == 409 and resp.json()["code"] == "not_served"
 
 
 def test_lists_show_only_the_callers_member(world: World) -> None:

@@ -44,13 +44,17 @@ def raw(engine: Engine, *statements: str) -> None:
             conn.execute(text("ALTER TABLE auditevent ENABLE TRIGGER USER"))
 
 
+# A job of member alpha on the world's dataset.
+LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "inputs": ["alpha-corpus"]}
+
+
 def submit_jobs(w: World, n: int) -> None:
     for i in range(n):
         ok(
             w.client.post(
                 "/v1/jobs",
                 headers=bearer(w.a.user_token),
-                json={"kind": "lora", "model": "axk1-tiny", "gpus": 1, "name": f"a{i}"},
+                json={**LORA, "gpus": 1, "name": f"a{i}"},
             ),
             201,
         )
@@ -64,7 +68,7 @@ def test_every_change_is_recorded_with_its_context(world: World) -> None:
             "X-Request-ID": "req-42",
             "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
         },
-        json={"kind": "lora", "model": "axk1-tiny", "gpus": 8},
+        json=LORA,
     )
     job = ok(resp, 201)
     ok(
@@ -205,7 +209,7 @@ def test_concurrent_appends_keep_one_chain(world: World) -> None:
         r = world.client.post(
             "/v1/jobs",
             headers=bearer(world.a.user_token),
-            json={"kind": "lora", "model": "axk1-tiny", "gpus": 1, "name": f"c{i}"},
+            json={**LORA, "gpus": 1, "name": f"c{i}"},
         )
         if r.status_code != 201:
             errors.append(r.text)

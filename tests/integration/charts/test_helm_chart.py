@@ -113,12 +113,16 @@ def test_containers_get_settings_nuri_accepts_in_prod() -> None:
 
     key = serialization.load_pem_private_key(secrets["audit-signing-key.pem"].encode(), None)
     assert isinstance(key, Ed25519PrivateKey)
+    # The jobs area is the shared volume, read-only for the API (artifact downloads).
+    jobs = next(m for m in api["volumeMounts"] if m["name"] == "checkpoints")
+    assert str(settings.resolved_jobs_dir) == jobs["mountPath"] and jobs["readOnly"] is True
     # The scheduler shares the settings, has the checkpoint volume and names its lease holder.
     sched = one(docs, "Deployment", "nuri-scheduler")["spec"]
     assert sched["replicas"] == 2
     box = sched["template"]["spec"]["containers"][0]
     assert box["command"][:3] == ["python", "-m", "controlplane.scheduler"]
     assert "--holder=$(POD_NAME)" in box["command"]
+    assert f"--jobs-root={jobs['mountPath']}" in box["command"]
     assert container_env(box, secrets)["NURI_DATABASE_URL"] == env["NURI_DATABASE_URL"]
     claim = one(docs, "PersistentVolumeClaim", "nuri-checkpoints")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 
 from controlplane.cli.main import app
 from controlplane.db.engine import make_engine
-from tests.conftest import ADMIN_TOKEN, make_client
+from controlplane.settings import Settings
+from tests.conftest import ADMIN_TOKEN, KEY_DIR, make_client
+
+MEMBER = "jeju-lab"
 
 runner = CliRunner()
 
@@ -147,10 +150,19 @@ def test_admin_and_member_workflow(server: str, tmp_path: Path) -> None:
     token = r.output.strip()
     assert token.startswith("nuri_")
 
+    # Her data, in her member's data directory, registered and fingerprinted.
+    data = Settings(home=KEY_DIR).resolved_data_dir / MEMBER / "notes.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text('{"text": "제주 바람"}\n{"prompt": "안녕"}\n', encoding="utf-8")
+    labels = '{"jurisdiction": "KR", "allowed_regions": ["kr-seoul", "kr-daejeon"]}'
+    uri = data.as_uri()
+    r = nuri(server, token, "datasets", "create", "notes", "--uri", uri, "--labels", labels)
+    assert r.exit_code == 0 and "sha256" in r.output, r.output
+
     spec = tmp_path / "job.yaml"
     spec.write_text(
         "kind: finetune\nmodel: axk1-tiny\ngpus: 16\nname: from-yaml\n"
-        "allowed_pools: [kr-test-h100]\n"
+        "allowed_pools: [kr-test-h100]\ninputs: [notes]\n"
     )
     r = nuri(server, token, "submit", "-f", str(spec), "--max-runtime", "2h", "-q")
     assert r.exit_code == 0, r.output
@@ -167,8 +179,31 @@ def test_admin_and_member_workflow(server: str, tmp_path: Path) -> None:
         "1",
         "--name",
         "flags",
+        "--input",
+        "notes",
+        "--set",
+        "max_new_tokens=8",
+        "--set",
+        "think=true",
     )
     assert r.exit_code == 0 and "submitted job_" in r.output, r.output
+    # A knob that is not one of the kind's is refused, naming the allowed ones.
+    r = nuri(
+        server,
+        token,
+        "submit",
+        "--kind",
+        "inference",
+        "--model",
+        "axk1-tiny",
+        "--gpus",
+        "1",
+        "--input",
+        "notes",
+        "--set",
+        "steps=3",
+    )
+    assert r.exit_code == 1 and "invalid_config" in r.output and "max_new_tokens" in r.output
 
     r = nuri(server, token, "jobs", "list")
     assert r.exit_code == 0 and "from-yaml" in r.output and "flags" in r.output

@@ -18,7 +18,7 @@ from tests.conftest import bearer, build_world, make_client, ok
 
 pytestmark = pytest.mark.postgres
 
-LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8}
+LORA = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "inputs": ["alpha-corpus"]}
 
 
 @pytest.fixture

@@ -157,7 +157,13 @@ def test_bad_submissions_are_shown_and_nothing_is_written(world: World) -> None:
         ({"gpus": "8", "max_runtime_h": "soon"}, 422, "max_runtime_s"),
     ]
     for fields, status, words in cases:
-        data = {"csrf": token, "kind": "lora", "model": "axk1-tiny", **fields}
+        data = {
+            "csrf": token,
+            "kind": "lora",
+            "model": "axk1-tiny",
+            "inputs": "alpha-corpus",
+            **fields,
+        }
         resp = alpha.post("/portal/jobs/new", data=data)
         assert resp.status_code == status, (fields, resp.text)
         assert 'data-testid="form-errors"' in resp.text and words in resp.text, fields
@@ -228,7 +234,13 @@ def test_job_names_are_escaped(world: World) -> None:
         world.client.post(
             "/v1/jobs",
             headers=bearer(world.a.user_token),
-            json={"kind": "lora", "model": "axk1-tiny", "gpus": 8, "name": "<script>x()</script>"},
+            json={
+                "kind": "lora",
+                "model": "axk1-tiny",
+                "gpus": 8,
+                "inputs": ["alpha-corpus"],
+                "name": "<script>x()</script>",
+            },
         ),
         201,
     )
@@ -308,8 +320,16 @@ def test_artifacts_are_listed_and_fetched_under_the_access_policy(world: World) 
         f"/portal/artifacts/{world.a.artifact['id']}/download", data={"csrf": token}
     )
     assert fetched.status_code == 200
-    assert f'data-testid="download-uri">{world.a.artifact["uri"]}<' in fetched.text
+    link = re.search(r'data-testid="download-link" href="([^"]+)"', fetched.text)
+    assert link, fetched.text
+    href = link.group(1)
+    assert href.startswith(f"/v1/artifacts/{world.a.artifact['id']}/content?ref=")
+    assert world.a.artifact["uri"] not in fetched.text, "never the storage location"
     assert "artifact.download" in audit_actions(world, world.a.member["id"])
+    # The link needs no session (a browser or curl follows it); this artifact is in the
+    # member's own S3 store, so Nuri answers where it is instead of serving it.
+    followed = browser(world).get(href)
+    assert followed.status_code == 409 and followed.json()["code"] == "not_served"
     foreign = alpha.post(
         f"/portal/artifacts/{world.b.artifact['id']}/download", data={"csrf": token}
     )

@@ -102,7 +102,7 @@ def make_service(
         engine,
         RayExecutor(ready_timeout_s=20),
         SchedulerConfig(
-            checkpoint_root=tmp / "ckpt", holder=holder, lease_ttl_s=ttl, engine=engine_config()
+            jobs_root=tmp / "jobs", holder=holder, lease_ttl_s=ttl, engine=engine_config()
         ),
     )
 

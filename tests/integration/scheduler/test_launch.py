@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,18 +11,26 @@ import ray
 from controlplane.scheduler import RayExecutor
 from controlplane.scheduler.executor import LaunchSpec, PlacementFailed, placement_group_name
 from tests.integration.scheduler.conftest import NODES, POOL
+from workers.execution import CapacityPlan, ExecutionPlan, JobDirs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def spec(job_id: str, node: str, gpus: int, tmp: str) -> LaunchSpec:
-    return LaunchSpec(
+    plan = ExecutionPlan(
         job_id=job_id,
         attempt=1,
-        pool=POOL,
-        assignment=((node, gpus),),
-        config={"payload": "synthetic", "steps": 200, "step_seconds": 0.1},
-        checkpoint_dir=f"{tmp}/{job_id}",
+        kind="finetune",
+        payload="synthetic",
+        model=None,
+        teacher=None,
+        inputs=(),
+        capacity=CapacityPlan(gpus, 1, gpus, "bf16", 2, False, False, 1, 1, 128, 141.0, 8),
+        knobs={"payload": "synthetic", "steps": 200, "step_seconds": 0.1},
+        dirs=JobDirs.under(Path(tmp) / job_id),
+    )
+    return LaunchSpec(
+        job_id=job_id, attempt=1, pool=POOL, assignment=((node, gpus),), plan=plan.to_dict()
     )
 
 

@@ -19,6 +19,27 @@ def test_round_trip_through_plain_data() -> None:
     assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
+def test_new_fields_default_to_the_old_behaviour_and_round_trip() -> None:
+    spec = JobSpec.from_dict(BASE)
+    assert spec.activation_checkpointing is None and spec.keep_checkpoints == 0
+    assert (spec.eval_fraction, spec.eval_every, spec.system_prompt) == (0.0, 0, None)
+    assert spec.lora.targets is None and spec.model.adapter_dir is None
+    full = JobSpec.from_dict(
+        {
+            **BASE,
+            "kind": "lora",
+            "activation_checkpointing": True,
+            "keep_checkpoints": 3,
+            "eval_fraction": 0.1,
+            "eval_every": 5,
+            "system_prompt": "너는 친절한 비서다.",
+            "lora": {"rank": 4, "targets": ["q_a_proj", "down_proj"]},
+            "model": {"name": "axk1-tiny", "adapter_dir": "/jobs/j0/output/adapter"},
+        }
+    )
+    assert JobSpec.from_dict(json.loads(json.dumps(full.to_dict()))) == full
+
+
 def test_yaml_and_json_files(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text("job_id: j\nkind: inference\noutput_dir: o\ndata: {path: p}\n")
     assert JobSpec.from_file(tmp_path / "s.yaml").kind == "inference"
@@ -42,6 +63,20 @@ def test_yaml_and_json_files(tmp_path) -> None:
         ({"report": {"kind": "http"}}, "report.url"),
         ({"distill": {"hard_label_weight": 2}}, "hard_label_weight"),
         ({"model": "axk1"}, "spec.model"),
+        ({"activation_checkpointing": "yes"}, "activation_checkpointing"),
+        ({"keep_checkpoints": -1}, "keep_checkpoints"),
+        ({"eval_fraction": 1.0}, "eval_fraction"),
+        ({"eval_fraction": -0.1}, "eval_fraction"),
+        ({"eval_fraction": "0.1"}, "eval_fraction"),
+        ({"eval_every": -2}, "eval_every"),
+        ({"kind": "inference", "eval_fraction": 0.1}, "eval_fraction"),
+        ({"system_prompt": 42}, "system_prompt"),
+        ({"lora": {"targets": ["k_proj"]}}, "lora.targets"),
+        ({"lora": {"targets": []}}, "lora.targets"),
+        ({"lora": {"targets": ["o_proj", "o_proj"]}}, "lora.targets"),
+        ({"model": {"name": "axk1-tiny", "adapter_dir": ""}}, "model.adapter_dir"),
+        ({"model": {"name": "axk1-tiny", "adapter_dir": "s3://b/a"}}, "model.adapter_dir"),
+        ({"model": {"name": "axk1-tiny", "adapter": "x"}}, "spec.model"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict, field: str) -> None:
