@@ -37,7 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 ADMIN = "nuri-bench-bootstrap-admin-token-0123456789"
 PG_URL = os.environ.get("NURI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-BODY = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "allowed_pools": ["kr-bench-h200"]}
+# A real job reads registered data: the submission resolves the dataset and its labels.
+BODY = {
+    "kind": "lora",
+    "model": "axk1-tiny",
+    "gpus": 8,
+    "allowed_pools": ["kr-bench-h200"],
+    "inputs": ["bench-corpus"],
+}
 
 
 class BareBody(BaseModel):
@@ -45,6 +52,7 @@ class BareBody(BaseModel):
     model: str
     gpus: int
     allowed_pools: list[str]
+    inputs: list[str]
 
 
 def bare_app() -> FastAPI:
@@ -136,6 +144,15 @@ def member_token(url: str) -> str:
             "/v1/users", json={"email": "b@bench.example", "name": "B", "member": "bench"}
         ).json()
         tok = c.post("/v1/tokens", json={"name": "b", "user_id": user["id"]}).json()
+        c.post(
+            "/v1/datasets",
+            headers={"Authorization": f"Bearer {tok['token']}"},
+            json={
+                "name": "bench-corpus",
+                "uri": "s3://bench/corpus/",
+                "labels": {"jurisdiction": "KR", "allowed_regions": ["kr-seoul"]},
+            },
+        ).raise_for_status()
     return str(tok["token"])
 
 

@@ -142,7 +142,13 @@ def admissions(c: TestClient, token: str, engine: Any, tmp: Path, n: int) -> tup
         c.post(
             "/v1/jobs",
             headers=h,
-            json={"kind": "inference", "model": "axk1-tiny", "gpus": 1, "name": f"q{i}"},
+            json={
+                "kind": "inference",
+                "model": "axk1-tiny",
+                "gpus": 1,
+                "name": f"q{i}",
+                "config": {"payload": "synthetic"},  # placement is measured, not a model
+            },
         ).json()["id"]
         for i in range(n)
     ]

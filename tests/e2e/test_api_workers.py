@@ -62,7 +62,13 @@ def test_two_api_workers_share_one_database_and_one_audit_chain(tmp_path: Path) 
                 "/v1/users", json={"email": "u@m.example", "name": "U", "member": "m"}
             ).json()
             token = c.post("/v1/tokens", json={"name": "t", "user_id": user["id"]}).json()["token"]
-        body = {"kind": "lora", "model": "axk1-tiny", "gpus": 8, "allowed_pools": ["kr-e2e-h200"]}
+        body = {
+            "kind": "lora",
+            "model": "axk1-tiny",
+            "gpus": 8,
+            "allowed_pools": ["kr-e2e-h200"],
+            "config": {"payload": "synthetic"},  # nothing runs here: the API is under test
+        }
         mine = {"Authorization": f"Bearer {token}"}
 
         def submit(i: int) -> Any:
