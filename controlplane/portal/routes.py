@@ -37,7 +37,15 @@ from controlplane.db.models import (
 from controlplane.db.types import utcnow
 from controlplane.errors import NuriError, Unauthenticated
 from controlplane.portal import sessions, views
-from controlplane.services import artifacts, auditing, datasets, inventory, jobs, reports
+from controlplane.services import (
+    artifact_content,
+    artifacts,
+    auditing,
+    datasets,
+    inventory,
+    jobs,
+    reports,
+)
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 PAGE_SIZE = 50
@@ -427,8 +435,8 @@ def artifact_download(
     """A link to the artifact's content: the access policy decides and the read is audited,
     exactly as ``GET /v1/artifacts/{id}/download`` (a POST here: it writes an audit event)."""
     sessions.check_csrf(visit.secret, field(form, "csrf"))
-    key = artifacts.ref_key(request.app.state.audit_key)
-    fetched = artifacts.download(session, visit.principal, art_id, utcnow(), key)
+    key = artifact_content.ref_key(request.app.state.audit_key)
+    fetched = artifact_content.download(session, visit.principal, art_id, utcnow(), key)
     art = artifacts.visible(session, visit.principal, art_id)
     return page(
         request, "artifacts.html", visit=visit, artifacts=[art], members={}, fetched=fetched

@@ -15,7 +15,7 @@ from controlplane.auth import Origin, trace_id_from
 from controlplane.db.models import JobKind, Pool
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidRequest
-from controlplane.services import artifacts, jobs, policies
+from controlplane.services import artifact_content, artifacts, jobs, policies
 
 router = APIRouter(prefix="/v1")
 
@@ -57,9 +57,9 @@ def download_artifact(
     """A link to the artifact's content, valid for 5 minutes (access policy checked, audited).
 
     ``href`` needs no bearer token: it is bound to this artifact and to the caller."""
-    key = artifacts.ref_key(request.app.state.audit_key)
+    key = artifact_content.ref_key(request.app.state.audit_key)
     return schemas.ArtifactDownload.model_validate(
-        artifacts.download(session, caller, art_id, utcnow(), key)
+        artifact_content.download(session, caller, art_id, utcnow(), key)
     )
 
 
@@ -78,7 +78,7 @@ def download_artifact(
         409: {"model": schemas.ErrorBody, "description": "not_served, unsafe_content"},
     },
 )
-def artifact_content(
+def get_artifact_content(
     art_id: str,
     request: Request,
     session: SessionDep,
@@ -92,9 +92,9 @@ def artifact_content(
         request_id=getattr(request.state, "request_id", None),
         trace_id=trace_id_from(request.headers.get("traceparent")),
     )
-    content = artifacts.fetch(
+    content = artifact_content.fetch(
         session,
-        artifacts.ref_key(request.app.state.audit_key),
+        artifact_content.ref_key(request.app.state.audit_key),
         art_id,
         ref,
         utcnow(),
@@ -106,7 +106,7 @@ def artifact_content(
         content.chunks(),
         media_type=content.media_type,
         headers={
-            "Content-Disposition": artifacts.content_disposition(content.filename),
+            "Content-Disposition": artifact_content.content_disposition(content.filename),
             "Content-Length": str(content.length),
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",

@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from controlplane.db.models import AuditEvent, Job
-from controlplane.services import artifacts
-from controlplane.services.artifacts import make_ref, ref_key, register_output
+from controlplane.services import artifact_content
+from controlplane.services.artifact_content import make_ref, ref_key
+from controlplane.services.artifacts import register_output
 from tests.conftest import World, bearer, ok
 
 
@@ -361,15 +362,15 @@ def test_no_answer_holds_a_server_path(world: World, area: Area) -> None:
 
 def test_the_ref_key_comes_from_the_audit_key(world: World) -> None:
     key = _key(world)
-    assert len(key) == 32 and key == artifacts.ref_key(
+    assert len(key) == 32 and key == artifact_content.ref_key(
         world.client.app.state.audit_key  # type: ignore[attr-defined]
     )
     ref = make_ref(key, "art_x", "usr_x", "tok_x", datetime.now(UTC) + timedelta(minutes=1))
-    claims = artifacts.check_ref(key, "art_x", ref, datetime.now(UTC))
+    claims = artifact_content.check_ref(key, "art_x", ref, datetime.now(UTC))
     assert (claims.artifact_id, claims.user_id, claims.token_id) == ("art_x", "usr_x", "tok_x")
-    with pytest.raises(artifacts.InvalidReference):
-        artifacts.check_ref(os.urandom(32), "art_x", ref, datetime.now(UTC))
-    with pytest.raises(artifacts.InvalidReference):
-        artifacts.check_ref(key, "art_y", ref, datetime.now(UTC))
-    with pytest.raises(artifacts.InvalidReference):
-        artifacts.check_ref(key, "art_x", ref, datetime.now(UTC) + artifacts.REF_TTL)
+    with pytest.raises(artifact_content.InvalidReference):
+        artifact_content.check_ref(os.urandom(32), "art_x", ref, datetime.now(UTC))
+    with pytest.raises(artifact_content.InvalidReference):
+        artifact_content.check_ref(key, "art_y", ref, datetime.now(UTC))
+    with pytest.raises(artifact_content.InvalidReference):
+        artifact_content.check_ref(key, "art_x", ref, datetime.now(UTC) + artifact_content.REF_TTL)

@@ -157,7 +157,7 @@ def test_artifact_content_needs_a_reference_for_that_artifact_and_user(world: Wo
     says nothing of whether the artifact exists."""
     from datetime import UTC, datetime, timedelta
 
-    from controlplane.services.artifacts import make_ref, ref_key
+    from controlplane.services.artifact_content import make_ref, ref_key
 
     a, b = world.a, world.b
     key = ref_key(world.client.app.state.audit_key)  # type: ignore[attr-defined]
