@@ -226,3 +226,54 @@ def test_an_artifact_with_links_out_of_the_job_is_never_fingerprinted(
     model.symlink_to(tmp_path / "elsewhere")
     moved = artifacts.output_of(row, [])
     assert moved is not None and moved.sha256 is None
+
+
+def test_the_plan_is_stored_at_admission_and_shown_without_server_paths(
+    world: World, alpha_data: Path, tmp_path: Path
+) -> None:
+    """The scheduler's admission step stores the plan with the job (on either database); the
+    API shows it with the job's directories relative to the job's own directory."""
+    from datetime import UTC, datetime
+
+    from controlplane.jobstate import JobStatus, transition
+    from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService, lease
+    from controlplane.scheduler.service import CycleReport
+
+    data = alpha_data / "shown.jsonl"
+    data.write_text('{"text": "보이는 계획"}\n', encoding="utf-8")
+    ds = ok(register(world, "shown", data.as_uri()), 201)
+    job = ok(post_job(world, inputs=[ds["id"]], config={"lora_rank": 4}), 201)
+    assert job["execution_plan"] is None  # resolved at admission, not at submission
+    engine = world.client.app.state.engine  # type: ignore[attr-defined]
+    service = SchedulerService(
+        engine, RayExecutor(), SchedulerConfig(jobs_root=tmp_path / "jobs", holder="t")
+    )
+    now = datetime.now(UTC)
+    with Session(engine, expire_on_commit=False) as s:
+        service.token = lease.acquire(s, "t", now, 60)
+        transition(
+            s,
+            job["id"],
+            expected=JobStatus.QUEUED,
+            to=JobStatus.ADMITTED,
+            now=now,
+            pool="kr-test-h200",
+            assignment=[["kr-test-h200-000", 1]],
+        )
+        s.commit()
+        row = s.get(Job, job["id"])
+    assert row is not None
+    stored = service._plan(row, CycleReport(leader=True))
+    assert stored is not None and stored["dirs"]["root"].startswith(str(tmp_path))
+    shown = ok(world.client.get(f"/v1/jobs/{job['id']}", headers=bearer(world.a.user_token)))
+    plan = shown["execution_plan"]
+    assert plan["dirs"] == {
+        "root": ".",
+        "inputs": "inputs",
+        "checkpoints": "checkpoints",
+        "output": "output",
+        "scratch": "scratch",
+    }
+    assert str(tmp_path) not in str(shown)
+    assert plan["inputs"][0]["sha256"] == ds["sha256"] and plan["knobs"] == {"lora_rank": 4}
+    assert plan["capacity"]["ranks"] == 1 and plan["model"]["preset"] == "axk1-tiny"
