@@ -37,11 +37,11 @@ from sqlmodel import Session, col, select
 import quotas
 from controlplane import execution, residency
 from controlplane.audit import log as audit_log
-from controlplane.db.models import Job, JobEvent, JobLog, JobMetric, Node
+from controlplane.db.models import Job, JobEvent, Node
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidTransition
 from controlplane.jobstate import JobStatus, transition
-from controlplane.scheduler import lease
+from controlplane.scheduler import lease, progress
 from controlplane.scheduler.executor import (
     Inventory,
     LaunchSpec,
@@ -49,7 +49,7 @@ from controlplane.scheduler.executor import (
     Unanswered,
 )
 from controlplane.scheduler.snapshot import build, held_assignments
-from controlplane.services import artifacts, datasets
+from controlplane.services import artifacts
 from controlplane.usage import close_usage, open_usage
 
 log = logging.getLogger("nuri.scheduler")
@@ -266,86 +266,14 @@ class SchedulerService:
         return False
 
     def _store_events(self, job: Job, events: list[dict[str, Any]]) -> bool:
-        """Store the events once; False when another writer moved the job's counter first
-        (the caller then re-observes next cycle instead of acting on a partial picture)."""
+        """Store the events once (see ``progress.store``); False when another writer moved
+        the job's counter first (the caller re-observes next cycle)."""
         if not events:
             return True
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
-            ckpt: dict[str, Any] | None = None
-            for ev in events:
-                at = datetime.fromtimestamp(float(ev.get("at", now.timestamp())), UTC)
-                if ev["type"] == "metric" and ev.get("rank", 0) == 0:  # one curve per job
-                    s.add(
-                        JobMetric(
-                            job_id=job.id,
-                            attempt=job.attempt,
-                            at=at,
-                            step=int(ev["step"]),
-                            values=ev["values"],
-                        )
-                    )
-                elif ev["type"] == "log":
-                    s.add(
-                        JobLog(
-                            job_id=job.id,
-                            attempt=job.attempt,
-                            at=at,
-                            line=f"[rank {ev.get('rank', 0)}] {ev['line']}"[:4000],
-                        )
-                    )
-                elif ev["type"] == "checkpoint" and ev.get("rank", 0) == 0:
-                    ckpt = {"uri": ev["uri"], "step": ev["step"], "at": at}
-                elif ev["type"] == "staged":
-                    # An artifact read as a model lies in the jobs area: named, not located.
-                    records = [
-                        {**r, "uri": "nuri"} if str(r.get("id", "")).startswith("art_") else r
-                        for r in ev.get("records", [])
-                    ]
-                    s.add(
-                        JobEvent(
-                            job_id=job.id,
-                            at=at,
-                            type="staged",
-                            attempt=job.attempt,
-                            message=f"staged {len(records)} input(s), each verified",
-                            details={"records": records},
-                        )
-                    )
-                    datasets.pin_fingerprints(s, job.member_id, records)
-            values: dict[str, Any] = {"observed_events": job.observed_events + len(events)}
-            if ckpt is not None:
-                values.update(checkpoint_uri=ckpt["uri"], last_checkpoint_at=ckpt["at"])
-                s.add(
-                    JobEvent(
-                        job_id=job.id,
-                        at=ckpt["at"],
-                        type="checkpoint",
-                        attempt=job.attempt,
-                        message=f"checkpoint at step {ckpt['step']}",
-                        details={"uri": ckpt["uri"], "step": ckpt["step"]},
-                    )
-                )
-            # Guarded on the attempt and the count we read, so a concurrent tick cannot store
-            # the same events twice.
-            result = s.execute(
-                update(Job)
-                .where(
-                    col(Job.id) == job.id,
-                    col(Job.attempt) == job.attempt,
-                    col(Job.observed_events) == job.observed_events,
-                )
-                .values(**values)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                s.rollback()
-                return False
-            s.commit()
-        job.observed_events += len(events)
-        if ckpt is not None:
-            job.checkpoint_uri, job.last_checkpoint_at = ckpt["uri"], ckpt["at"]
-        return True
+            return progress.store(s, job, events, now)
 
     # --- transitions after observation -----------------------------------------------------
 

@@ -84,7 +84,14 @@ def test_a_real_finetune_runs_its_plan_as_two_ranks(env: Env) -> None:
 
     plan = done["execution_plan"]
     root = env.tmp / "jobs" / done["member_id"] / job["id"]
-    assert plan["dirs"]["root"] == str(root)
+    assert plan["dirs"] == {  # shown inside the job's own directory, never the server's path
+        "root": ".",
+        "inputs": "inputs",
+        "checkpoints": "checkpoints",
+        "output": "output",
+        "scratch": "scratch",
+    }
+    assert root.is_dir() and done["checkpoint_uri"].startswith("checkpoints/")
     assert plan["capacity"]["ranks"] == 2 and plan["payload"] == "model"
     assert [(i["id"], i["sha256"]) for i in plan["inputs"]] == [(ds["id"], ds["sha256"])]
 
