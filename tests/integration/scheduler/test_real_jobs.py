@@ -92,6 +92,11 @@ def test_a_real_finetune_runs_its_plan_as_two_ranks(env: Env) -> None:
         "scratch": "scratch",
     }
     assert root.is_dir() and done["checkpoint_uri"].startswith("checkpoints/")
+    # It wrote only inside its own directory, in the places the plan names.
+    assert [p.name for p in (env.tmp / "jobs").iterdir()] == [done["member_id"]]
+    assert [p.name for p in (env.tmp / "jobs" / done["member_id"]).iterdir()] == [job["id"]]
+    assert {p.name for p in root.iterdir()} <= {"inputs", "checkpoints", "output", "scratch"}
+    assert {p.name for p in (root / "output").iterdir()} <= {"model", "manifest.json"}
     assert plan["capacity"]["ranks"] == 2 and plan["payload"] == "model"
     assert [(i["id"], i["sha256"]) for i in plan["inputs"]] == [(ds["id"], ds["sha256"])]
 
