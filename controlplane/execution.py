@@ -9,6 +9,7 @@ hold for this object, so nothing a worker reads comes from anywhere else.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,35 @@ class PlanFailed(InvalidRequest):
     """The job cannot be resolved into something that may run (it fails, with this reason)."""
 
     code = "plan_failed"
+
+
+def plan_key(session: Session, member_id: str, ref: str, depth: int = 0) -> str | None:
+    """What the capacity planner sizes for the model ``ref``: a preset's name, or the
+    architecture registered with it (``config:<json>``: a file:// model's config.json read at
+    registration, an exported model's at export); None when nothing is known."""
+    if ref in residency.BASE_MODEL_JURISDICTION:
+        return ref
+    if ref.startswith("art_"):
+        art = session.get(Artifact, ref)
+        if art is None or art.member_id != member_id or depth > 8:
+            return None
+        if art.kind == "adapter":  # sized as the base it runs on
+            return plan_key(session, member_id, str(art.provenance.get("model")), depth + 1)
+        return _config_key(art.provenance.get("config"))
+    ds = session.exec(
+        select(Dataset).where(
+            Dataset.member_id == member_id,
+            Dataset.kind == "model",
+            (Dataset.id == ref) | (Dataset.name == ref),
+        )
+    ).first()
+    return _config_key(ds.provenance.get("config")) if ds is not None else None
+
+
+def _config_key(config: Any) -> str | None:
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        return None
+    return planning.CONFIG_PREFIX + json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
 def job_root(jobs_dir: Path, job: Job) -> Path:
@@ -66,7 +96,14 @@ def resolve(session: Session, job: Job, pool_name: str, jobs_dir: Path) -> Execu
         model=model,
         teacher=teacher,
         inputs=inputs,
-        capacity=_capacity(job, pool, knobs, model, teacher, synthetic),
+        capacity=_capacity(
+            job,
+            pool,
+            knobs,
+            plan_key(session, job.member_id, job.model),
+            plan_key(session, job.member_id, job.teacher) if job.teacher else None,
+            synthetic,
+        ),
         knobs=dict(job.config),
         dirs=JobDirs.under(job_root(jobs_dir, job)),
     )
@@ -159,27 +196,27 @@ def _capacity(
     job: Job,
     pool: Pool,
     knobs: dict[str, Any],
-    model: ModelPlan | None,
-    teacher: ModelPlan | None,
+    model_key: str | None,
+    teacher_key: str | None,
     synthetic: bool,
 ) -> CapacityPlan:
     inference = job.kind == "inference"
     zero: int | None = None if inference else 2
     checkpointing = False
-    preset = model.preset if model is not None and model.weights is None else None
-    teacher_preset = teacher.preset if teacher is not None and teacher.weights is None else None
-    plannable = preset is not None and (job.kind != "distill" or teacher_preset is not None)
-    if not synthetic and plannable:
+    sized = planning.plannable(model_key) and (
+        job.kind != "distill" or planning.plannable(teacher_key)
+    )
+    if not synthetic and sized:
         try:
             p = planning.plan_for(
                 job.kind,
-                str(preset),
-                teacher_preset,
+                str(model_key),
+                teacher_key,
                 knobs,
                 float(pool.gpu_memory_gib),
                 pool.gpus_per_node,
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise PlanFailed(f"cannot plan this job: {exc}") from None
         zero = None if inference else int(p.zero_stage or 2)
         checkpointing = bool(p.activation_checkpointing) and not inference

@@ -10,6 +10,7 @@ transformers import (seconds).
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,24 @@ PLANNABLE = frozenset(
 
 class InsufficientGpus(InvalidRequest):
     code = "insufficient_gpus"
+
+
+CONFIG_PREFIX = "config:"
+
+
+def plannable(model: str | None) -> bool:
+    """Whether the planner can size ``model`` (a preset, or a registered configuration)."""
+    return model is not None and (model in PLANNABLE or model.startswith(CONFIG_PREFIX))
+
+
+def _architecture(model: str | None) -> Any:
+    """A preset name as it is; a registered configuration as a transformers config."""
+    if model is None or not model.startswith(CONFIG_PREFIX):
+        return model
+    from transformers import AutoConfig
+
+    raw = json.loads(model[len(CONFIG_PREFIX) :])
+    return AutoConfig.for_model(raw.pop("model_type"), **raw)
 
 
 # transformers' lazy module is not safe to import from several threads at once (a concurrent
@@ -66,10 +85,11 @@ def check_submission(
     """Refuse a job whose plan needs more GPUs than it asks for in every candidate pool.
 
     ``pools`` are (name, GPU memory GiB, GPUs per node). ``model`` is what trains (the
-    student of a distillation). Models the planner cannot size (a registered model of unknown
-    architecture) are not checked here.
+    student of a distillation): a preset name or ``config:<json>``, the architecture
+    registered with a model (see ``controlplane.execution.plan_key``). Models the planner
+    cannot size (registered without a readable configuration) are not checked here.
     """
-    if model not in PLANNABLE or (kind == "distill" and teacher not in PLANNABLE):
+    if not plannable(model) or (kind == "distill" and not plannable(teacher)):
         return
     with _lock:
         _check(kind, model, teacher, config, gpus, nodes, pools)
@@ -87,9 +107,10 @@ def _plan(
     """One plan, memoised: the same request shape is planned once per process."""
     planner = _planner()
     spec = planner.PoolSpec(memory, per_node)
+    arch = _architecture(model)
     if kind == "distill":
-        return planner.plan(model, kind, pool=spec, teacher=teacher, **dict(options))
-    return planner.plan(model, kind, pool=spec, **dict(options))
+        return planner.plan(arch, kind, pool=spec, teacher=_architecture(teacher), **dict(options))
+    return planner.plan(arch, kind, pool=spec, **dict(options))
 
 
 def plan_for(
@@ -131,11 +152,12 @@ def _check(
             if planner.fits(p, gpus, nodes):
                 return
             plans[name] = p
-    except (planner.PlanError, TypeError, ValueError) as exc:
+    except (planner.PlanError, TypeError, ValueError, KeyError) as exc:
+        shown = "a registered configuration" if model.startswith(CONFIG_PREFIX) else model
         raise InvalidRequest(
             f"cannot plan this job: {exc}",
             code="invalid_plan_request",
-            details={"kind": kind, "model": model},
+            details={"kind": kind, "model": shown},
         ) from None
     smallest = min(plans.items(), key=lambda kv: kv[1].gpus)
     raise InsufficientGpus(

@@ -326,7 +326,14 @@ class SchedulerService:
             if output is not None:
                 # The artifact and its effective label are written with the SUCCEEDED status.
                 artifacts.register_output(
-                    s, job, now, output.uri, output.sha256, output.size_bytes, output.read
+                    s,
+                    job,
+                    now,
+                    output.uri,
+                    output.sha256,
+                    output.size_bytes,
+                    output.read,
+                    output.config,
                 )
             s.commit()
         self.ray.teardown(job.id, job.attempt)

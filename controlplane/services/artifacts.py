@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,8 @@ class Output:
     sha256: str | None
     size_bytes: int | None
     read: list[dict[str, Any]] = field(default_factory=list)
+    # An exported model's config.json: what the capacity planner sizes a job on it from.
+    config: dict[str, Any] | None = None
 
 
 def output_of(job: Job, read: list[dict[str, Any]]) -> Output | None:
@@ -72,7 +75,14 @@ def output_of(job: Job, read: list[dict[str, Any]]) -> Output | None:
         fp = fingerprint(path.as_uri())
     except StagingError:
         return Output(path.as_uri(), None, None, read)
-    return Output(path.as_uri(), fp.sha256, fp.size_bytes, read)
+    config = None
+    if path.is_dir() and (path / "config.json").is_file():  # links were refused above
+        try:
+            loaded = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = loaded if isinstance(loaded, dict) else None
+        except (OSError, ValueError):
+            config = None
+    return Output(path.as_uri(), fp.sha256, fp.size_bytes, read, config)
 
 
 def _model_ref(session: Session, job: Job, model: str, role: str) -> dict[str, Any] | None:
@@ -113,6 +123,7 @@ def register_output(
     sha256: str | None,
     size_bytes: int | None = None,
     read: list[dict[str, Any]] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Artifact:
     """Record what a finished job wrote, in the caller's transaction.
 
@@ -146,6 +157,7 @@ def register_output(
                 for r in read or []
             ],
             "size_bytes": size_bytes,
+            **({"config": config} if config is not None else {}),
             "policy_set_hash": residency.engine(session).policy_set_hash,
         },
     )

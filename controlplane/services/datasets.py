@@ -9,6 +9,7 @@ what a job reads is what was registered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -80,6 +81,30 @@ def fingerprint_for(
     return fp.sha256, fp.size_bytes
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def model_config(uri: str) -> dict[str, Any] | None:
+    """The architecture of a ``file://`` model dataset (its ``config.json``), read when it is
+    registered so the capacity planner can size jobs on it; None for ``s3://`` models."""
+    if not uri.startswith("file://"):
+        return None
+    path = _file_path(uri) / "config.json"
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError("not a plain, small file")
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise ValueError("no model_type")
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(
+            "a model dataset is a directory with the model's config.json (and its weights)",
+            code="not_a_model",
+            details={"uri": uri, "reason": str(exc)[:200]},
+        ) from None
+    return config
+
+
 def pin_fingerprints(session: Session, member_id: str, records: list[dict[str, Any]]) -> None:
     """Record what a job's first read of a not-yet-fingerprinted dataset found (s3://)."""
     for r in records:
@@ -106,6 +131,7 @@ def create_dataset(
             details={"name": body.name},
         )
     sha256, size = fingerprint_for(session, member_id, body.uri, data_dir)
+    config = model_config(body.uri) if body.kind == "model" else None
     row = Dataset(
         member_id=member_id,
         name=body.name,
@@ -115,6 +141,7 @@ def create_dataset(
         labels=body.labels.model_dump(mode="json"),
         sha256=sha256,
         size_bytes=size,
+        provenance={"config": config} if config is not None else {},
     )
     session.add(row)
     audit_log.record(
@@ -173,6 +200,9 @@ def update_dataset(
         row.sha256, row.size_bytes = fingerprint_for(
             session, row.member_id, changes["uri"], data_dir
         )
+        if row.kind == "model":
+            config = model_config(changes["uri"])
+            row.provenance = {**row.provenance, "config": config}
     for key, value in changes.items():
         if value is None:
             continue

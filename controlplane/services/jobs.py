@@ -234,8 +234,15 @@ def _validate(
         for c in candidates
         if _fits(c, nodes, per_node, body.same_domain)
     ]
+    # Sized from the configuration: a preset's, or the one registered with the weights.
     planning.check_submission(
-        body.kind.value, body.model, teacher, knob_values, body.gpus, nodes, pools
+        body.kind.value,
+        execution.plan_key(session, member_id, body.model) or body.model,
+        execution.plan_key(session, member_id, teacher) if teacher else None,
+        knob_values,
+        body.gpus,
+        nodes,
+        pools,
     )
     class_preemptible = cat.priority_classes.get(body.priority_class)
     if class_preemptible is None:

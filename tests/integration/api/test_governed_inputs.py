@@ -277,3 +277,36 @@ def test_the_plan_is_stored_at_admission_and_shown_without_server_paths(
     assert str(tmp_path) not in str(shown)
     assert plan["inputs"][0]["sha256"] == ds["sha256"] and plan["knobs"] == {"lora_rank": 4}
     assert plan["capacity"]["ranks"] == 1 and plan["model"]["preset"] == "axk1-tiny"
+
+
+def test_registered_weights_are_sized_from_their_configuration(
+    world: World, alpha_data: Path
+) -> None:
+    """A.X K1's real weights, registered as a model: the planner sizes jobs on them from the
+    config.json read at registration, as it sizes the preset (a LoRA needs 16 H200s)."""
+    from transformers import AXK1Config
+
+    weights = alpha_data / "axk1-weights"
+    weights.mkdir(exist_ok=True)
+    (weights / "config.json").write_text(AXK1Config().to_json_string())
+    (weights / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 64)  # a stand-in
+    body = {
+        "name": "axk1-weights",
+        "kind": "model",
+        "uri": weights.as_uri(),
+        "labels": {"jurisdiction": "KR", "allowed_regions": ["kr-seoul"]},
+    }
+    model = ok(
+        world.client.post("/v1/datasets", headers=bearer(world.a.user_token), json=body), 201
+    )
+    assert model["provenance"]["config"]["model_type"] == "axk1"
+    short = error(post_job(world, model="axk1-weights", gpus=8), 422, "insufficient_gpus")
+    assert "16 GPUs" in short["message"] and "{" not in short["message"]
+    ok(post_job(world, model="axk1-weights", gpus=16), 201)
+    # A directory without a configuration is no model.
+    empty = alpha_data / "not-a-model"
+    empty.mkdir(exist_ok=True)
+    (empty / "weights.bin").write_bytes(b"\0")
+    body = {**body, "name": "nothing", "uri": empty.as_uri()}
+    resp = world.client.post("/v1/datasets", headers=bearer(world.a.user_token), json=body)
+    error(resp, 422, "not_a_model")
