@@ -52,13 +52,7 @@ def plan_key(session: Session, member_id: str, ref: str, depth: int = 0) -> str 
         if art.kind == "adapter":  # sized as the base it runs on
             return plan_key(session, member_id, str(art.provenance.get("model")), depth + 1)
         return _config_key(art.provenance.get("config"))
-    ds = session.exec(
-        select(Dataset).where(
-            Dataset.member_id == member_id,
-            Dataset.kind == "model",
-            (Dataset.id == ref) | (Dataset.name == ref),
-        )
-    ).first()
+    ds = residency.registered_model(session, member_id, ref)
     return _config_key(ds.provenance.get("config")) if ds is not None else None
 
 
@@ -178,13 +172,7 @@ def _model(
                 ref=ref, preset=base.preset, weights=base.weights, adapter=adapter, labels=labels
             )
         return ModelPlan(ref=ref, preset=None, weights=_artifact_input(art, role), labels=labels)
-    ds = session.exec(
-        select(Dataset).where(
-            Dataset.member_id == member_id,
-            Dataset.kind == "model",
-            (Dataset.id == ref) | (Dataset.name == ref),
-        )
-    ).first()
+    ds = residency.registered_model(session, member_id, ref)
     if ds is None:
         raise PlanFailed(f"model {ref} is not available", details={"model": ref})
     return ModelPlan(

@@ -145,6 +145,17 @@ def artifact_labels(session: Session, art: Artifact, seen: frozenset[str] = froz
     return effective_label(current)
 
 
+def registered_model(session: Session, member_id: str, ref: str) -> Dataset | None:
+    """The member's model dataset named ``ref`` (id or name); another member's is unknown."""
+    return session.exec(
+        select(Dataset).where(
+            Dataset.member_id == member_id,
+            col(Dataset.kind) == "model",
+            (Dataset.id == ref) | (Dataset.name == ref),
+        )
+    ).first()
+
+
 def model_facts(
     session: Session, member_id: str, model: str, pools: Sequence[PoolFacts]
 ) -> ArtifactFacts | None:
@@ -163,13 +174,7 @@ def model_facts(
                 member=member_id,
             )
         return None
-    ds = session.exec(
-        select(Dataset).where(
-            Dataset.member_id == member_id,
-            col(Dataset.kind) == "model",
-            (Dataset.id == model) | (Dataset.name == model),
-        )
-    ).first()
+    ds = registered_model(session, member_id, model)
     if ds is None:
         return None
     return ArtifactFacts(

@@ -119,14 +119,7 @@ def check_model(session: Session, member_id: str, model: str, runs: bool = False
                     details={"model": model, "kind": art.kind},
                 )
             return
-    found = session.exec(
-        select(Dataset).where(
-            Dataset.member_id == member_id,
-            Dataset.kind == "model",
-            (Dataset.id == model) | (Dataset.name == model),
-        )
-    ).first()
-    if found is None:
+    if residency.registered_model(session, member_id, model) is None:
         raise InvalidRequest(
             f"unknown model {model!r}",
             code="unknown_model",
