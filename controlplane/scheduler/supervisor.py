@@ -85,9 +85,14 @@ class RankWorker:
     def _run(self, master: tuple[str, int]) -> None:
         self.state = "running"
         try:
+            from workers.confine import confine_job
             from workers.execution import ExecutionPlan, job_spec, synthetic_knobs
 
             plan = ExecutionPlan.from_dict(self.plan)
+            # From here on this thread (and all it starts) reads only its inputs and the
+            # software it runs, and writes only in its own job directory: kernel-enforced.
+            confinement = confine_job(Path(plan.dirs.root))
+            self._emit({"type": "log", "line": confinement.describe()})
             if plan.payload == "synthetic":
                 from workers import synthetic
 

@@ -19,6 +19,7 @@ import pytest
 from controlplane.settings import Settings
 from tests.conftest import KEY_DIR, bearer, ok
 from tests.integration.scheduler.conftest import Env
+from workers.confine import abi_version
 from workers.staging import fingerprint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -102,6 +103,9 @@ def test_a_real_finetune_runs_its_plan_as_two_ranks(env: Env) -> None:
 
     lines = log_lines(env, job["id"])
     assert any(line.startswith("[rank 1]") and "world_size" in line for line in lines), lines
+    if abi_version() > 0:  # each rank's job thread ran confined by the kernel
+        confined = [line for line in lines if "confined by Landlock" in line]
+        assert {line.split("]")[0] for line in confined} == {"[rank 0", "[rank 1"}, lines
     # What was read: staged into the job's directory, verified, recorded.
     events = get(env, f"/v1/jobs/{job['id']}/events")["items"]
     staged = [e for e in events if e["type"] == "staged"]
