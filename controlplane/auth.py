@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from sqlalchemy import bindparam, update
@@ -106,6 +108,72 @@ class Origin:
     source_ip: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: Iterable[str],
+    trusted: Sequence[IPv4Network | IPv6Network],
+) -> str | None:
+    """The caller's address: the socket's ``peer`` unless that is a trusted proxy.
+
+    Only a peer in ``trusted`` (NURI_TRUSTED_PROXIES) is believed about X-Forwarded-For
+    (``forwarded_for``: the values of every such header, in order); anyone else's header is
+    ignored, so a caller cannot choose the address its audit events carry. From a trusted
+    peer, the list is read from the right, each proxy vouching for the hop before it: the
+    answer is the right-most address that is not itself a trusted proxy, the left-most
+    address when all are, and the last vouched-for hop when an entry is not an address
+    (garbage goes no further than the last proxy we believe). Never raises; the result is
+    ``peer`` unchanged or a normalised IP address.
+    """
+    if peer is None or not trusted:
+        return peer
+    hop = _address(peer)
+    if hop is None or not _is_trusted(hop, trusted):
+        return peer
+    for entry in reversed(",".join(forwarded_for).split(",")):
+        if not entry.strip():
+            continue  # "a,,b" or a trailing comma: no claim at all
+        claimed = _address(entry)
+        if claimed is None:
+            break
+        hop = claimed
+        if not _is_trusted(hop, trusted):
+            break
+    return str(hop)
+
+
+def _address(text: str) -> IPv4Address | IPv6Address | None:
+    """An X-Forwarded-For entry as an address: ``1.2.3.4``, ``1.2.3.4:80``, ``2001:db8::1``,
+    ``[2001:db8::1]`` or ``[2001:db8::1]:80``; None for anything else."""
+    text = text.strip()
+    if len(text) > 64:  # the audit log's column; no address in these forms is longer
+        return None
+    if text.startswith("["):
+        text, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _is_port(rest[1:]))):
+            return None
+    elif text.count(":") == 1:
+        text, _, port = text.partition(":")
+        if not _is_port(port):
+            return None
+    try:
+        addr = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 (a dual-stack socket's view)
+    return addr
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
+def _is_trusted(
+    addr: IPv4Address | IPv6Address, trusted: Sequence[IPv4Network | IPv6Network]
+) -> bool:
+    return any(addr in net for net in trusted)
 
 
 def trace_id_from(traceparent: str | None) -> str | None:

@@ -34,6 +34,21 @@ class NuriConnectionError(Exception):
     pass
 
 
+def _api_error(resp: httpx.Response) -> NuriAPIError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return NuriAPIError(
+        resp.status_code,
+        str(body.get("code", f"http_{resp.status_code}")),
+        str(body.get("message", resp.reason_phrase)),
+        body.get("details") or {},
+    )
+
+
 class NuriClient:
     def __init__(
         self,
@@ -77,19 +92,28 @@ class NuriClient:
         except httpx.HTTPError as exc:
             raise NuriConnectionError(f"cannot reach Nuri at {self.base_url}: {exc}") from exc
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            if not isinstance(body, dict):
-                body = {}
-            raise NuriAPIError(
-                resp.status_code,
-                str(body.get("code", f"http_{resp.status_code}")),
-                str(body.get("message", resp.reason_phrase)),
-                body.get("details") or {},
-            )
+            raise _api_error(resp)
         return resp.json() if resp.content else None
+
+    def stream_bytes(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None
+    ) -> Iterator[bytes]:
+        """The body of a streamed response (an audit export) chunk by chunk, as it arrives;
+        errors as ``request``. Lines are the caller's to split: ``iter_lines`` would also
+        split at the Unicode line boundaries (U+2028, U+0085 ...) that ``str.splitlines``
+        knows."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        started = False
+        try:
+            with self._http.stream(method, path, params=clean) as resp:
+                started = True
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _api_error(resp)
+                yield from resp.iter_bytes()
+        except httpx.HTTPError as exc:
+            what = "lost the connection to" if started else "cannot reach"
+            raise NuriConnectionError(f"{what} Nuri at {self.base_url}: {exc}") from exc
 
     def request_text(self, method: str, path: str, *, params: dict[str, Any] | None = None) -> str:
         """Like ``request`` for a route that answers text (a CSV export), errors alike."""

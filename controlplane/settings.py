@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controlplane import tokens
 
 
 class Settings(BaseSettings):
@@ -18,7 +21,8 @@ class Settings(BaseSettings):
     joins an existing Ray cluster.
     """
 
-    model_config = SettingsConfigDict(env_prefix="NURI_", extra="ignore")
+    # Inputs stay out of error messages: they hold the bootstrap token and database password.
+    model_config = SettingsConfigDict(env_prefix="NURI_", extra="ignore", hide_input_in_errors=True)
 
     env: Literal["dev", "prod"] = "dev"
     home: Path = Path(".nuri")
@@ -47,6 +51,24 @@ class Settings(BaseSettings):
     data_dir: Path | None = None
     # The scheduler's synthetic test payload ({"payload": "synthetic"}); off in prod.
     allow_synthetic_payload: bool | None = None
+    # Reverse proxies (comma-separated IPs or CIDRs) whose X-Forwarded-For names the caller in
+    # audit events; from anyone else the header is ignored and the socket's peer is the source.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        proxy_networks(value)
+        return value
+
+    @field_validator("bootstrap_admin_token")
+    @classmethod
+    def _bootstrap_token_can_sign_in(cls, value: str | None) -> str | None:
+        """Refuse a token that would be stored and then answer 401 forever."""
+        problem = None if value is None else tokens.bootstrap_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _areas_apart(self) -> Settings:
@@ -95,9 +117,30 @@ class Settings(BaseSettings):
         return self.allow_synthetic_payload
 
     @property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return proxy_networks(self.trusted_proxies)
+
+    @property
     def resolved_audit_key_path(self) -> Path:
         return self.audit_key_path or self.home / "audit-signing-key.pem"
 
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
         return self.home
+
+
+def proxy_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``NURI_TRUSTED_PROXIES`` parsed: "10.0.0.7, 10.1.0.0/16, fd00::/8" (an address is its
+    own /32 or /128). Raises ValueError naming an entry that is neither."""
+    networks = []
+    for entry in spec.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"NURI_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network"
+            ) from None
+    return tuple(networks)

@@ -53,3 +53,41 @@ def digest(token: str) -> str:
 
 def display_prefix(token: str) -> str:
     return token[:12]
+
+
+# Secrets an operator chooses (NURI_BOOTSTRAP_ADMIN_TOKEN) other than Nuri tokens: at least
+# this long, and only characters that survive an Authorization header unchanged.
+MIN_SECRET_LEN = 32
+_VISIBLE_ASCII = frozenset(chr(c) for c in range(0x21, 0x7F))
+MAKE_ONE = "make one with `nuri token new`"
+
+
+def bootstrap_problem(secret: str) -> str | None:
+    """Why ``secret`` cannot be the platform admin's bootstrap token; None when it can.
+
+    Accepted: a well-formed Nuri token, or any other secret of at least ``MIN_SECRET_LEN``
+    visible ASCII characters that does not start with ``nuri_``. Everything refused here
+    would be stored and then answer 401 forever (a ``nuri_`` secret with a bad checksum is
+    refused before the lookup; whitespace around a header's value is trimmed, and non-ASCII
+    reaches the server mangled, if at all; whitespace inside is refused too, for one simple
+    rule) or is too short to be a secret.
+    """
+    name = "NURI_BOOTSTRAP_ADMIN_TOKEN"
+    if any(c not in _VISIBLE_ASCII for c in secret):
+        return (
+            f"{name} contains whitespace (a trailing newline?) or characters outside visible"
+            f" ASCII, which an Authorization header does not carry unchanged; {MAKE_ONE}"
+        )
+    if secret.startswith(PREFIX):
+        if well_formed(secret):
+            return None
+        return (
+            f"{name} starts with {PREFIX!r} but is not a well-formed Nuri token (its length or"
+            f" checksum is wrong), so it could never sign in; {MAKE_ONE}"
+        )
+    if len(secret) < MIN_SECRET_LEN:
+        return (
+            f"{name} must be a Nuri token or another secret of at least {MIN_SECRET_LEN}"
+            f" characters; {MAKE_ONE}"
+        )
+    return None

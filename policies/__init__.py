@@ -14,7 +14,9 @@ Facts (plain frozen dataclasses, built by the control plane from its rows):
 - ``Labels`` (``from_dict`` / ``to_dict`` of the stored JSON), ``Classification``
   (``OPEN < SENSITIVE < CLASSIFIED``; CSAP grades accepted by ``Classification.parse``),
   ``effective_label(inputs)`` for derived artifacts, ``InvalidLabels`` (code
-  ``invalid_labels``);
+  ``invalid_labels``); ``widening(before, after)`` / ``narrowing(before, after)``: the parts
+  (``LABEL_PARTS``: ``allowed_regions``, ``classification``, ``personal_info``,
+  ``transfer_basis``, ``jurisdiction``) in which a relabelling loosens / tightens the labels;
 - ``PoolFacts(name, region, jurisdiction, max_classification)``: admin-asserted pool facts;
 - ``ArtifactFacts(ref, labels, kind, member)``, ``ArtifactKind``, ``Destination``;
 - ``Caller(user_id, role, member)``, ``Role``, ``Action``, and the objects of access:
@@ -71,11 +73,20 @@ from policies.facts import (
     PoolFacts,
     Role,
 )
-from policies.labels import Classification, InvalidLabels, Labels, effective_label
+from policies.labels import (
+    LABEL_PARTS,
+    Classification,
+    InvalidLabels,
+    Labels,
+    effective_label,
+    narrowing,
+    widening,
+)
 from policies.policy_set import CompiledPolicySet, PolicySetInvalid
 
 __all__ = [
     "EVALUATION_ERROR_ID",
+    "LABEL_PARTS",
     "NO_INPUTS_ID",
     "AccessRequest",
     "AccessResource",
@@ -103,5 +114,7 @@ __all__ = [
     "default_engine",
     "effective_label",
     "export",
+    "narrowing",
     "placement",
+    "widening",
 ]

@@ -13,6 +13,9 @@ The JSON form (what the API stores) is::
 
 A derived artifact (a fine-tuned model, a distilled student, inference outputs) gets
 ``effective_label(inputs)``, which is never less restricted than any of its inputs.
+
+``widening(before, after)`` names the parts in which a relabelling makes data less restricted
+(``narrowing`` those in which it makes it more): labels only widen with authority.
 """
 
 from __future__ import annotations
@@ -228,3 +231,67 @@ def effective_label(inputs: Iterable[Labels]) -> Labels:
         personal_info=bool(personal),
         transfer_basis=basis,
     )
+
+
+# The parts of a label a change can widen or narrow, in the order they are reported (the
+# field names of the stored JSON).
+LABEL_PARTS = (
+    "allowed_regions",
+    "classification",
+    "personal_info",
+    "transfer_basis",
+    "jurisdiction",
+)
+
+
+def transfer_bases(labels: Labels) -> frozenset[str]:
+    """The legal grounds recorded in ``transfer_basis`` (an effective label joins several)."""
+    return frozenset(
+        part.strip()
+        for part in (labels.transfer_basis or "").split(TRANSFER_BASIS_SEPARATOR)
+        if part.strip()
+    )
+
+
+def widening(before: Labels, after: Labels) -> list[str]:
+    """The parts (``LABEL_PARTS``, in that order) in which ``after`` is less strict than
+    ``before``; empty when the change only keeps or tightens the labels.
+
+    - ``allowed_regions``: a region is added (a different set that is not a subset too);
+    - ``classification``: lowered;
+    - ``personal_info``: true becomes false;
+    - ``transfer_basis``: a basis is recorded where there was none, or a recorded ground is
+      dropped or replaced. A basis lets personal information leave its jurisdiction, so
+      removing it altogether is a narrowing; adding a ground to the ones kept is not a
+      widening (an effective label joins the grounds of its inputs);
+    - ``jurisdiction``: a country governing the data is no longer named (a change from ``KR``
+      to ``US`` widens; ``KR`` to the composite ``KR+US`` narrows: it matches no pool).
+
+    Jurisdiction and transfer basis govern personal information only: a change that first
+    declares personal information (``personal_info`` false to true) narrows on that part and
+    widens neither of them, since data without personal information was not confined to any
+    jurisdiction. So an empty result means ``after`` may be placed or exported nowhere that
+    ``before`` could not be, the relation is reflexive and transitive (no chain of
+    non-widening changes ends wider than it began), and an input's non-widening change never
+    widens ``effective_label`` of the inputs.
+    """
+    parts: list[str] = []
+    if not after.allowed_regions <= before.allowed_regions:
+        parts.append("allowed_regions")
+    if after.classification < before.classification:
+        parts.append("classification")
+    if before.personal_info and not after.personal_info:
+        parts.append("personal_info")
+    declares = after.personal_info and not before.personal_info
+    old_bases, new_bases = transfer_bases(before), transfer_bases(after)
+    if not declares and new_bases and not (old_bases and new_bases >= old_bases):
+        parts.append("transfer_basis")
+    if not declares and not after.jurisdictions >= before.jurisdictions:
+        parts.append("jurisdiction")
+    return parts
+
+
+def narrowing(before: Labels, after: Labels) -> list[str]:
+    """The parts in which ``after`` is stricter than ``before``: those that undoing the change
+    would widen (a different region set both widens and narrows ``allowed_regions``)."""
+    return widening(after, before)

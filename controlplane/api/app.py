@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,6 +17,7 @@ from controlplane.api import errors
 from controlplane.api.deps import SessionDep
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
 from controlplane.audit import signing
+from controlplane.auth import client_address
 from controlplane.db.engine import make_engine, migrate
 from controlplane.portal import admin as portal_admin
 from controlplane.portal import people as portal_people
@@ -53,6 +56,32 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class TrustedProxiesMiddleware:
+    """Behind the proxies of NURI_TRUSTED_PROXIES, the caller's address is the one their
+    X-Forwarded-For vouches for (:func:`controlplane.auth.client_address`); everything that
+    reads ``request.client`` (the audit log's ``source_ip``) sees that address. Installed
+    only when proxies are listed: otherwise the socket's peer stands and the header is
+    never read. Servers must not rewrite the peer themselves (``nuri up`` and ``nuri api``
+    run uvicorn with ``proxy_headers=False``).
+    """
+
+    def __init__(self, app: ASGIApp, trusted: Sequence[IPv4Network | IPv6Network]) -> None:
+        self.app = app
+        self.trusted = tuple(trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client") if scope["type"] in ("http", "websocket") else None
+        if client:
+            forwarded = [
+                v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"
+            ]
+            host = client_address(client[0], forwarded, self.trusted)
+            if host != client[0]:
+                # The port was the proxy's; the caller's is unknown (uvicorn also says 0).
+                scope["client"] = (host, 0)
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -100,6 +129,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     errors.install(app, html=portal.error_page)
 
     app.add_middleware(RequestIdMiddleware)
+    if settings.trusted_proxy_networks:
+        app.add_middleware(TrustedProxiesMiddleware, trusted=settings.trusted_proxy_networks)
 
     @app.get("/healthz", operation_id="health", tags=["health"])
     def healthz(session: SessionDep) -> dict[str, Any]:
@@ -192,7 +223,9 @@ def _self_hosted_docs(app: FastAPI) -> None:
 
 def create_app_from_env() -> FastAPI:
     """:func:`create_app` with settings from the environment: the factory each API worker
-    process calls (``uvicorn --factory controlplane.api.app:create_app_from_env``)."""
+    process calls (``uvicorn --factory --no-proxy-headers
+    controlplane.api.app:create_app_from_env``: the app, not uvicorn, decides whom to believe
+    about X-Forwarded-For; see :class:`TrustedProxiesMiddleware`)."""
     return create_app(Settings())
 
 

@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from controlplane.audit import chain, signing
 from controlplane.db.models import AuditCheckpoint, AuditEvent, AuditHead
+from controlplane.errors import InvalidRequest
 
 if TYPE_CHECKING:  # auth records sign-ins here, so the import goes one way at run time
     from controlplane.auth import Principal
@@ -57,6 +58,91 @@ def _reserve(conn: Connection, stream: str, count: int) -> tuple[int, str]:
     return int(row[0]) - count + 1, str(row[1])
 
 
+# The fields of an entry (see ``entry``) that text columns hold; ``details`` is JSON.
+TEXT_FIELDS = (
+    "stream",
+    "actor",
+    "actor_role",
+    "source_ip",
+    "request_id",
+    "trace_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "outcome",
+)
+
+
+class UnrecordableText(InvalidRequest):
+    """An audited value holds text the log cannot keep exactly, so the change it records is
+    refused (422) rather than recorded differently or left unverifiable.
+
+    A lone surrogate (U+D800..U+DFFF unpaired) is no character: UTF-8, hence every text
+    column and RFC 8785, cannot encode it. PostgreSQL's text holds no NUL (U+0000); its
+    ``json`` column, which holds ``details``, does (as the escape ``\\u0000``), as SQLite does
+    everywhere. Every other code point is recorded and exported as it is.
+    """
+
+    code = "unrecordable_text"
+
+    def __init__(self, where: str, char: str, why: str) -> None:
+        point = f"U+{ord(char):04X}"
+        super().__init__(
+            f"{where} holds {point}, which the audit log cannot record ({why})",
+            details={"field": where, "code_point": point},
+        )
+
+
+def _lone_surrogate(value: Any, where: str) -> tuple[str, str] | None:
+    """(where, the character) of the first lone surrogate in ``value``, keys included."""
+    if isinstance(value, str):
+        for ch in value:
+            if "\ud800" <= ch <= "\udfff":
+                return where, ch
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            # The path is written with !a (ascii): it must never carry the character itself.
+            found = _lone_surrogate(k, f"{where} key {k!a}") or _lone_surrogate(
+                v, f"{where}[{k!a}]"
+            )
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _check_text(dialect: str, entries: Sequence[dict[str, Any]]) -> None:
+    """Refuse what a text column cannot hold, before anything is written (``details`` is
+    checked only if hashing fails: it is the one field large enough for that to matter)."""
+    nul_refused = dialect == "postgresql"
+    for item in entries:
+        for name in TEXT_FIELDS:
+            value = item[name]
+            if not isinstance(value, str):
+                continue
+            if nul_refused and "\x00" in value:
+                raise UnrecordableText(name, "\x00", "PostgreSQL text cannot hold NUL")
+            if not value.isascii():
+                found = _lone_surrogate(value, name)
+                if found:
+                    raise UnrecordableText(*found, "a lone surrogate is not a character")
+
+
+def _unrecordable(fields: dict[str, Any]) -> UnrecordableText | None:
+    """Why ``fields`` has no canonical form, when the reason is its text."""
+    for name in chain.HASHED_FIELDS:
+        found = _lone_surrogate(fields[name], name)
+        if found:
+            return UnrecordableText(*found, "a lone surrogate is not a character")
+    return None
+
+
 def entry(
     actor: Principal | None,
     action: str,
@@ -92,7 +178,10 @@ def append(
     transaction, under one lock of the stream's head; returns each event's chained fields.
 
     The caller commits (or rolls back) the events together with the changes they record.
+    Text the log cannot keep exactly raises ``UnrecordableText`` (see there): the caller's
+    transaction, the change included, is then rolled back.
     """
+    _check_text(conn.dialect.name, entries)
     seq, prev = _reserve(conn, stream, len(entries))
     events: list[dict[str, Any]] = []
     for item in entries:
@@ -100,7 +189,13 @@ def append(
             raise ValueError(f"an event of stream {item['stream']!r} appended to {stream!r}")
         now: datetime = item["at"]
         fields = {**item, "seq": seq, "at": chain.timestamp(now), "prev_hash": prev}
-        prev = chain.event_hash(fields)
+        try:
+            prev = chain.event_hash(fields)
+        except ValueError:  # no canonical form; the cause is looked for only then
+            refused = _unrecordable(fields)
+            if refused is None:
+                raise
+            raise refused from None
         events.append({**fields, "hash": prev})
         seq += 1
     conn.execute(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from controlplane.audit import store
 from controlplane.cli.session import call, console, emit, err_console, fail
@@ -29,11 +30,16 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
             title="audit verification",
         )
     if not report["ok"]:
+        for problem in report.get("problems", []):
+            err_console.print(f"[red]{escape(problem)}[/]")
         bad = [s for s in report["streams"] if not s["ok"]]
-        err_console.print(
-            f"[bold red]audit log verification FAILED[/] in {len(bad)} stream(s); "
-            f"first bad seq in {bad[0]['stream']}: {bad[0]['first_bad_seq']}"
-        )
+        if bad:
+            err_console.print(
+                f"[bold red]audit log verification FAILED[/] in {len(bad)} stream(s); "
+                f"first bad seq in {escape(bad[0]['stream'])}: {bad[0]['first_bad_seq']}"
+            )
+        else:
+            err_console.print("[bold red]audit log verification FAILED[/]: the export is damaged")
         raise typer.Exit(code=1)
 
 
@@ -64,16 +70,21 @@ def export(
     stream: StreamOpt = None,
 ) -> None:
     """Write events.jsonl, checkpoints.jsonl, public_key.pem and manifest.json."""
-    data = call(lambda c: c.request("GET", "/v1/audit/export", params={"stream": stream}))
     try:
-        paths = store.write_export(data, out)
+        summary = call(
+            lambda c: store.write_export(
+                c.stream_bytes("GET", "/v1/audit/export", params={"stream": stream}), out
+            )
+        )
+    except store.ExportError as exc:
+        fail(f"the export is incomplete and was not written: {exc}", code=1)
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror}", code=2)
     console.print(
-        f"exported {len(data['events'])} events and {len(data['checkpoints'])} "
-        f"checkpoints of {len(data['streams'])} stream(s) to {out}"
+        f"exported {summary.events} events and {summary.checkpoints} "
+        f"checkpoints of {len(summary.streams)} stream(s) to {out}"
     )
-    for p in paths:
+    for p in summary.paths:
         console.print(f"  {p}")
     console.print(f"verify offline with: nuri audit verify --offline {out}")
 

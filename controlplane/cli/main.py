@@ -15,6 +15,7 @@ from controlplane.cli.jobs import artifacts_app, jobs_app, submit, where
 from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
 from controlplane.cli.simulate import simulate
+from controlplane.cli.token import token_app
 from controlplane.client import NuriClient
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 app.command()(submit)
 app.command()(where)
 app.command()(plan)
@@ -108,7 +110,11 @@ def up(
         f"API docs at /docs (database {engine.dialect.name})"
     )
     try:
-        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+        # proxy_headers=False: X-Forwarded-For is believed only from NURI_TRUSTED_PROXIES,
+        # by the app (uvicorn's default would believe any local process).
+        uvicorn.run(
+            api, host=settings.host, port=settings.port, log_level="info", proxy_headers=False
+        )
     finally:
         checkpointer.stop()
         if scheduler is not None:
@@ -157,6 +163,7 @@ def api_only(
         port=settings.port,
         workers=workers,
         log_level="info",
+        proxy_headers=False,  # the app decides whom to believe (NURI_TRUSTED_PROXIES)
     )
 
 

@@ -46,6 +46,7 @@ from controlplane.services import (
     jobs,
     reports,
 )
+from controlplane.settings import Settings
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 PAGE_SIZE = 50
@@ -165,13 +166,60 @@ def home() -> RedirectResponse:
     return see_other("/portal/jobs")
 
 
+def secure_cookies(request: Request, settings: Settings) -> bool:
+    """Behind a TLS-terminating ingress the request arrives as http: prod always marks it."""
+    return request.url.scheme == "https" or settings.env == "prod"
+
+
+def check_same_site(request: Request) -> None:
+    """Refuse (403 ``cross_site_request``) a POST that another site's page sent."""
+    headers = request.headers
+    hosts = [h for h in (headers.get("host"), headers.get("x-forwarded-host")) if h]
+    sessions.check_same_site(headers.get("origin"), headers.get("referer"), hosts)
+
+
+LOGIN_PATH = "/portal/login"
+
+
+def login_page(
+    request: Request,
+    settings: Settings,
+    target: str,
+    error: str | None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The sign-in form, with its token and (re)newed pre-session cookie."""
+    secret = sessions.login_secret(request.cookies.get(sessions.LOGIN_COOKIE))
+    response = page(
+        request,
+        "login.html",
+        status,
+        next=target,
+        error=error,
+        login_csrf=sessions.login_token(secret),
+    )
+    response.set_cookie(
+        sessions.LOGIN_COOKIE,
+        secret,
+        max_age=int(sessions.LOGIN_LIFETIME.total_seconds()),
+        path=LOGIN_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=secure_cookies(request, settings),
+    )
+    return response
+
+
 @router.get("/login")
-def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return page(request, "login.html", next=local_next(next), error=None)
+def login_form(request: Request, settings: SettingsDep, next: str | None = None) -> HTMLResponse:
+    return login_page(request, settings, local_next(next), None)
 
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, settings: SettingsDep, form: FormDep) -> Response:
+    # Login CSRF: another site's page must not sign this browser in (to its own account).
+    check_same_site(request)
+    sessions.check_login_token(request.cookies.get(sessions.LOGIN_COOKIE), field(form, "csrf"))
     target = local_next(field(form, "next"))
     token = field(form, "token") or ""
     try:
@@ -179,7 +227,9 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, form: Fo
             session, token, utcnow(), settings.token_touch_interval_s, origin_of(request)
         )
     except Unauthenticated as exc:
-        return page(request, "login.html", 401, next=target, error=exc.message)
+        session.rollback()
+        return login_page(request, settings, target, exc.message, 401)
+    secure = secure_cookies(request, settings)
     response = see_other(target)
     response.set_cookie(
         sessions.COOKIE,
@@ -188,14 +238,18 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, form: Fo
         path="/portal",
         httponly=True,
         samesite="strict",
-        # Behind a TLS-terminating ingress the request arrives as http: prod always marks it.
-        secure=request.url.scheme == "https" or settings.env == "prod",
+        secure=secure,
+    )
+    # The form's cookie has done its work; the next sign-in gets a new one.
+    response.delete_cookie(
+        sessions.LOGIN_COOKIE, path=LOGIN_PATH, httponly=True, samesite="strict", secure=secure
     )
     return response
 
 
 @router.post("/logout")
 def logout(request: Request, session: SessionDep, settings: SettingsDep, form: FormDep) -> Response:
+    check_same_site(request)
     secret = request.cookies.get(sessions.COOKIE)
     if secret:
         sessions.check_csrf(secret, field(form, "csrf"))
@@ -470,7 +524,7 @@ def error_page(
     request: Request, status: int, code: str, message: str, details: dict[str, Any]
 ) -> Response:
     """An error as a page (the API's JSON body, for people); without a session, sign in."""
-    if status == 401 and request.url.path != "/portal/login":
+    if status == 401 and request.url.path != LOGIN_PATH:
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return see_other(f"/portal/login?next={quote(local_next(here), safe='')}")
     return page(request, "error.html", status, code=code, message=message, details=details)

@@ -25,7 +25,14 @@ class BootstrapResult:
 
 
 def bootstrap(engine: Engine, bootstrap_token: str | None) -> BootstrapResult:
-    """Idempotent: creates what is missing, never rotates an existing admin's token."""
+    """Idempotent: creates what is missing, never rotates an existing admin's token.
+
+    A ``bootstrap_token`` that could never sign in (see :func:`tokens.bootstrap_problem`) is
+    refused with ValueError before anything is written; Settings refuses it first.
+    """
+    problem = None if bootstrap_token is None else tokens.bootstrap_problem(bootstrap_token)
+    if problem is not None:
+        raise ValueError(problem)
     with Session(engine, expire_on_commit=False) as session:
         ensure_priority_classes(session)
         admin = session.exec(select(User).where(User.role == Role.PLATFORM_ADMIN.value)).first()

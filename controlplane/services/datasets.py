@@ -16,15 +16,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from sqlmodel import Session, or_, select
+from sqlalchemy import select as sa_select
+from sqlalchemy import update
+from sqlmodel import Session, col, or_, select
 
+from controlplane import residency
 from controlplane.api import schemas
 from controlplane.audit import log as audit_log
 from controlplane.auth import Principal
-from controlplane.db.models import Dataset, Member
+from controlplane.db.models import Dataset, Job, Member, Pool, Role
 from controlplane.db.types import utcnow
-from controlplane.errors import Conflict, InvalidRequest, NotFound
+from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from controlplane.jobstate import JobStatus
 from controlplane.services import lookup, paging
+from policies import LABEL_PARTS, InvalidLabels, Labels, narrowing, widening
+from quotas.decisions import NO_ALLOWED_POOL
 
 # The demo data shipped with Nuri: readable by every member.
 SHIPPED_DATA = (Path(__file__).resolve().parents[1] / "demo_data").resolve()
@@ -184,6 +190,71 @@ def list_datasets(
     return paging.page(session, stmt, Dataset.id, limit, cursor)
 
 
+# Who may make a dataset's residency labels less strict (anyone who may write it may tighten).
+WIDENS_LABELS = (Role.MEMBER_ADMIN, Role.PLATFORM_ADMIN)
+
+
+def _label_change(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """Before, after, and the parts that widen and narrow; None when the labels are equal.
+    Stored labels that no longer parse count as widening in every part."""
+    after = Labels.from_dict(new)
+    try:
+        before: Labels | None = Labels.from_dict(stored)
+    except InvalidLabels:
+        before = None
+    if before == after:
+        return None
+    return {
+        "before": stored,
+        "after": new,
+        "widened": list(LABEL_PARTS) if before is None else widening(before, after),
+        "narrowed": [] if before is None else narrowing(before, after),
+    }
+
+
+def _strand_queued_jobs(session: Session, row: Dataset, now: datetime) -> list[str]:
+    """Queued jobs of the dataset's member that read it (an input, or the model or teacher
+    for a model dataset) and that its new labels leave with no pool: their pending reason
+    says so now instead of at the scheduler's next cycle (which filters by residency anyway,
+    and writes every other reason). Returns their ids."""
+    refs = {row.id, row.name} if row.kind == "model" else set()
+    queued = session.connection().execute(
+        sa_select(
+            col(Job.id),
+            col(Job.member_id),
+            col(Job.model),
+            col(Job.teacher),
+            col(Job.inputs),
+            col(Job.allowed_pools),
+        ).where(col(Job.member_id) == row.member_id, col(Job.status) == JobStatus.QUEUED.value)
+    )
+    reading = [j for j in queued if row.id in j.inputs or j.model in refs or j.teacher in refs]
+    if not reading:
+        return []
+    permitted = residency.allowed_pools_by_job(session, reading)
+    every = session.exec(select(Pool.name)).all()
+    stranded = [
+        j.id
+        for j in reading
+        if not any(p in permitted.get(j.id, ()) for p in (j.allowed_pools or every))
+    ]
+    message = (
+        f"no pool may run this job: the residency labels of {row.name!r} were changed "
+        f"({now.isoformat()}) and allow none of the pools it may use"
+    )
+    for job_id in stranded:
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED.value)
+            .values(
+                reasons=[{"code": NO_ALLOWED_POOL, "message": message}],
+                queue_position=None,
+                eta=None,
+            )
+        )
+    return stranded
+
+
 def update_dataset(
     session: Session,
     caller: Principal,
@@ -195,6 +266,39 @@ def update_dataset(
     row = visible(session, caller, ref)
     caller.require_write()
     changes = body.model_dump(exclude_unset=True, mode="json")
+    relabel = None
+    if changes.get("labels") is not None:
+        # Compared with the labels as they are when this commits: a concurrent relabel waits.
+        session.refresh(row, with_for_update=True)
+        relabel = _label_change(row.labels, changes["labels"])
+    if relabel is not None and relabel["widened"] and caller.role not in WIDENS_LABELS:
+        # Labels only widen with authority. The refusal is kept; nothing else of the request is.
+        ident, stream, version = row.id, row.member_id, row.version
+        session.rollback()
+        audit_log.record(
+            session,
+            caller,
+            "dataset.update",
+            "dataset",
+            ident,
+            stream=stream,
+            now=now,
+            outcome="denied",
+            details={"code": "labels_widening_forbidden", **relabel, "version": version},
+        )
+        session.commit()
+        raise Forbidden(
+            "making a dataset's residency labels less strict needs the member admin (or the "
+            f"platform admin); this change widens: {', '.join(relabel['widened'])}",
+            code="labels_widening_forbidden",
+            details={
+                "widening": relabel["widened"],
+                "before": relabel["before"],
+                "after": relabel["after"],
+                "role": caller.role.value,
+                "required_roles": [r.value for r in WIDENS_LABELS],
+            },
+        )
     if changes.get("uri") is not None:
         # New data: a new fingerprint (or none yet, for s3://), so nothing stale is trusted.
         row.sha256, row.size_bytes = fingerprint_for(
@@ -211,6 +315,10 @@ def update_dataset(
         row.version += 1
         row.updated_at = now
     session.add(row)
+    details: dict[str, Any] = {"changes": changes, "version": row.version}
+    if relabel is not None:
+        details["labels"] = relabel
+        details["queued_jobs_without_pool"] = _strand_queued_jobs(session, row, now)
     audit_log.record(
         session,
         caller,
@@ -219,7 +327,7 @@ def update_dataset(
         row.id,
         stream=row.member_id,
         now=now,
-        details={"changes": changes, "version": row.version},
+        details=details,
     )
     session.commit()
     return row

@@ -15,7 +15,7 @@ from controlplane.audit.chain import PLATFORM_STREAM as PLATFORM
 from controlplane.auth import Principal, default_scopes
 from controlplane.db.models import ApiToken, Member, Role, User
 from controlplane.db.types import utcnow
-from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound, NuriError
 from controlplane.services import lookup, paging
 
 # --- members -------------------------------------------------------------------------------
@@ -85,15 +85,59 @@ def update_member(
 # --- users ---------------------------------------------------------------------------------
 
 
-def _visible_user(session: Session, caller: Principal, user_id: str) -> User:
-    row = session.get(User, user_id)
-    if row is None:
-        raise NotFound("user", user_id)
+def _sees_user(caller: Principal, row: User) -> bool:
+    """Whether ``caller`` may see the user ``row``: platform admins and auditors see every
+    user, member admins their member's users, everyone else only themselves."""
     if caller.reads_all_members or row.id == caller.user_id:
-        return row
-    if caller.role is Role.MEMBER_ADMIN and row.member_id == caller.member_id:
-        return row
-    raise NotFound("user", user_id)
+        return True
+    return (
+        caller.role is Role.MEMBER_ADMIN
+        and row.member_id is not None
+        and row.member_id == caller.member_id
+    )
+
+
+def _visible_user(session: Session, caller: Principal, user_id: str) -> User:
+    """A user by id. One the caller may not see is exactly as absent as a missing one: the
+    same 404, naming only the reference the caller gave."""
+    row = session.get(User, user_id)
+    if row is None or not _sees_user(caller, row):
+        raise NotFound("user", user_id)
+    return row
+
+
+def _user_by_ref(session: Session, caller: Principal, ref: str) -> User:
+    """A user by id or e-mail (case-insensitive), as :func:`_visible_user`: whatever the
+    reference resolves to, a user the caller may not see is the 404 of a missing one, and
+    the answer repeats ``ref`` as given, never the id an e-mail resolved to."""
+    if "@" in ref:
+        row = session.exec(select(User).where(User.email == ref.lower())).first()
+    else:
+        row = session.get(User, ref)
+    if row is None or not _sees_user(caller, row):
+        raise NotFound("user", ref)
+    return row
+
+
+def _email_taken(session: Session, caller: Principal, given: str) -> NuriError | None:
+    """Why the e-mail ``given`` cannot be used for a new user, or None when it can.
+
+    E-mails are unique across the whole platform (tokens are issued for a user by e-mail),
+    so an address held by anyone cannot be reused. A holder the caller may see is named as
+    an ``already_exists`` conflict; any other holder (another member's user, a platform
+    admin or an auditor) gets one answer, ``email_unavailable``, which repeats only the
+    address given: not whose it is, which member, role or id.
+    """
+    row = session.exec(select(User).where(User.email == given.lower())).first()
+    if row is None:
+        return None
+    if _sees_user(caller, row):
+        return Conflict(
+            f"a user with email {given!r} already exists",
+            code="already_exists",
+            details={"email": given},
+        )
+    return _email_unavailable(given)
 
 
 def create_user(session: Session, caller: Principal, body: schemas.UserCreate) -> User:
@@ -121,12 +165,9 @@ def create_user(session: Session, caller: Principal, body: schemas.UserCreate) -
             f"a {body.role.value} is platform-wide and has no member", details={"field": "member"}
         )
     email = body.email.lower()
-    if session.exec(select(User).where(User.email == email)).first():
-        raise Conflict(
-            f"a user with email {email!r} already exists",
-            code="already_exists",
-            details={"email": email},
-        )
+    taken = _email_taken(session, caller, body.email)
+    if taken is not None:
+        raise taken
     row = User(member_id=member_id, email=email, name=body.name, role=body.role.value)
     session.add(row)
     try:
@@ -142,13 +183,20 @@ def create_user(session: Session, caller: Principal, body: schemas.UserCreate) -
         )
         session.commit()
     except IntegrityError:
+        # Taken meanwhile by a concurrent creation: the same answer as when it was before.
         session.rollback()
-        raise Conflict(
-            f"a user with email {email!r} already exists",
-            code="already_exists",
-            details={"email": email},
-        ) from None
+        taken = _email_taken(session, caller, body.email)
+        raise (taken or _email_unavailable(body.email)) from None
     return row
+
+
+def _email_unavailable(given: str) -> NuriError:
+    """The one answer for an address held by a user the caller may not see."""
+    return InvalidRequest(
+        f"the email {given!r} cannot be used for a new user; choose another address",
+        code="email_unavailable",
+        details={"field": "email", "email": given},
+    )
 
 
 def list_users(
@@ -173,7 +221,10 @@ def get_user(session: Session, caller: Principal, user_id: str) -> User:
 def update_user(
     session: Session, caller: Principal, user_id: str, body: schemas.UserUpdate
 ) -> User:
+    """Change a user; disabling one suspends their API tokens (they work again when the user
+    is enabled) and ends their portal sessions for good (enabling revives none)."""
     row = _visible_user(session, caller, user_id)
+    was_disabled = row.disabled
     caller.require_write()
     changes = body.model_dump(exclude_unset=True)
     if not caller.is_platform_admin:
@@ -190,6 +241,26 @@ def update_user(
             raise InvalidRequest(f"{key} cannot be null", details={"field": key})
         setattr(row, key, value.value if isinstance(value, Role) else value)
     session.add(row)
+    now = utcnow()
+    details = body.model_dump(mode="json", exclude_unset=True)
+    if "disabled" in changes and (row.disabled or was_disabled):
+        # Sessions are bearer cookies in browsers (shared or lost machines included), which
+        # no admin sees or revokes: a disable ends them, so an enable cannot bring them back.
+        # Enabling ends any still open too (opened before this rule, or racing the disable).
+        from sqlmodel import col
+
+        from controlplane.db.models import PortalSession
+
+        session.flush()  # the user's row first: a concurrent sign-in waits on its lock
+        still_open = session.exec(
+            select(PortalSession).where(
+                PortalSession.user_id == row.id, col(PortalSession.ended_at).is_(None)
+            )
+        ).all()
+        for open_session in still_open:
+            open_session.ended_at = now
+            session.add(open_session)
+        details["portal_sessions_ended"] = len(still_open)
     audit_log.record(
         session,
         caller,
@@ -197,8 +268,8 @@ def update_user(
         "user",
         row.id,
         stream=audit_log.stream_for(row.member_id),
-        now=utcnow(),
-        details=body.model_dump(mode="json", exclude_unset=True),
+        now=now,
+        details=details,
     )
     session.commit()
     return row
@@ -234,11 +305,7 @@ def create_token(
     session: Session, caller: Principal, body: schemas.TokenCreate, now: datetime
 ) -> tuple[ApiToken, str]:
     caller.require_write()
-    ref = body.user_id or caller.user_id
-    if "@" in ref:
-        by_email = session.exec(select(User).where(User.email == ref.lower())).first()
-        ref = by_email.id if by_email else ref
-    target = _visible_user(session, caller, ref)
+    target = _user_by_ref(session, caller, body.user_id or caller.user_id)
     if target.id != caller.user_id and not (
         caller.is_platform_admin or caller.role is Role.MEMBER_ADMIN
     ):

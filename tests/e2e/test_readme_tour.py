@@ -106,7 +106,12 @@ def test_the_portals_default_submission_runs_a_real_job(
         f"{url}/v1/tokens", headers=admin, json={"name": "portal", "user_id": researcher["id"]}
     ).json()["token"]
     with httpx.Client(base_url=url, timeout=60, follow_redirects=True) as browser:
-        assert browser.post("/portal/login", data={"token": token}).status_code == 200
+        # The sign-in form's login-CSRF token, bound to the cookie that fetching it sets.
+        form_page = browser.get("/portal/login").text
+        sign_in = re.search(r'name="csrf" value="([0-9a-f]{64})"', form_page)
+        assert sign_in is not None
+        login = {"token": token, "csrf": sign_in.group(1)}
+        assert browser.post("/portal/login", data=login).status_code == 200
         form = browser.get("/portal/jobs/new").text
         fields = dict(re.findall(r'<input[^>]*name="(\w+)" value="([^"]*)"', form))
         kind = re.search(r'<option value="(\w+)" selected>', form)

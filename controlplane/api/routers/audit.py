@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.engine import Engine
 
 from controlplane.api.deps import CallerDep, SessionDep
-from controlplane.audit import log
+from controlplane.audit import log, signing, store
 from controlplane.db.types import utcnow
 from controlplane.services import auditing
 
@@ -39,11 +41,43 @@ def verify(
     return auditing.verify(session, caller, _key(request), stream, utcnow())
 
 
-@router.get("/export", operation_id="exportAudit")
+@router.get(
+    "/export",
+    operation_id="exportAudit",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "JSON Lines, every line ASCII: a header (format, streams, "
+            "public_key_pem), then {event}, then {checkpoint} records, then an {end} record "
+            "with the counts and each stream's last seq; a stream without it was cut off",
+            "content": {store.MEDIA_TYPE: {}},
+        }
+    },
+)
 def export(
     request: Request, session: SessionDep, caller: CallerDep, stream: str | None = None
-) -> dict[str, Any]:
-    return auditing.export(session, caller, _key(request), stream, utcnow())
+) -> StreamingResponse:
+    """Everything an offline verifier needs, streamed in batches (``nuri audit export``).
+    Audited as ``audit.export``, before the first row is sent."""
+    streams = auditing.visible_streams(caller, stream)
+    plan = store.plan_export(session, streams)
+    log.record(
+        session,
+        caller,
+        "audit.export",
+        "audit_stream",
+        stream,
+        stream=log.stream_for(caller.member_id),
+        now=utcnow(),
+        details={"streams": plan.names, "events": plan.events},
+    )
+    session.commit()
+    engine: Engine = request.app.state.engine
+    return StreamingResponse(
+        store.export_lines(engine, plan, signing.public_pem(_key(request))),
+        media_type=store.MEDIA_TYPE,
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.post("/checkpoints", operation_id="writeAuditCheckpoints")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,9 @@ def test_tampering_names_the_first_bad_seq(world: World, op: str) -> None:
 def test_export_verifies_offline_and_detects_edits(world: World, tmp_path: Path) -> None:
     submit_jobs(world, 3)
     ok(world.client.post("/v1/audit/checkpoints", headers=world.root))
-    data = ok(world.client.get("/v1/audit/export", headers=bearer(world.auditor_token)))
-    files = store.write_export(data, tmp_path / "export")
+    resp = world.client.get("/v1/audit/export", headers=bearer(world.auditor_token))
+    assert resp.status_code == 200 and resp.headers["content-type"] == store.MEDIA_TYPE
+    files = store.write_export(resp.iter_bytes(), tmp_path / "export").paths
     assert {f.name for f in files} == {
         "events.jsonl",
         "checkpoints.jsonl",
@@ -195,7 +197,8 @@ def test_export_verifies_offline_and_detects_edits(world: World, tmp_path: Path)
     report = store.verify_export(tmp_path / "export")
     assert report.ok and len(report.streams) >= 3
     pub = signing.load_public((tmp_path / "export" / "public_key.pem").read_bytes())
-    assert signing.key_id(pub) == data["checkpoints"][0]["key_id"]
+    first_cp = (tmp_path / "export" / "checkpoints.jsonl").read_bytes().splitlines()[0]
+    assert signing.key_id(pub) == json.loads(first_cp)["key_id"]
     lines = (tmp_path / "export" / "events.jsonl").read_text().splitlines()
     lines[2] = lines[2].replace('"outcome": "success"', '"outcome": "denied"')
     (tmp_path / "export" / "events.jsonl").write_text("\n".join(lines) + "\n")

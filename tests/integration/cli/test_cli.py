@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -309,6 +310,27 @@ def test_audit_verify_and_export(server: str, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "FAILED" in r.output and "first bad seq" in r.output
     r = nuri(server, None, "audit", "verify", "--offline", str(tmp_path / "nothing"))
     assert r.exit_code == 2 and "not an audit export" in r.output
+
+
+def test_audit_export_of_any_text_verifies_offline(server: str, tmp_path: Path) -> None:
+    """Unicode line boundaries (U+2028, U+2029, NEL ...) in an audited field, and a request
+    id whose header bytes hold NEL (0x85, read as Latin-1), export and verify offline."""
+    name = "Lab\u2028\x85\u2029\x0b\x0c\x1c\x00\U0001f600 Name"
+    resp = httpx.post(
+        f"{server}/v1/members",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Request-ID": b"req\x85\xa0z"},
+        json={"name": "text-lab", "display_name": name},
+    )
+    assert resp.status_code == 201, resp.text
+    out = tmp_path / "export"
+    r = nuri(server, ADMIN_TOKEN, "audit", "export", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    r = nuri(server, None, "audit", "verify", "--offline", str(out))
+    assert r.exit_code == 0, r.output
+    events = [json.loads(x) for x in (out / "events.jsonl").read_bytes().splitlines()]
+    created = next(e for e in events if e["action"] == "member.create")
+    assert created["details"]["display_name"] == name
+    assert created["request_id"] == "req\x85\xa0z"
 
 
 def test_policy_admin_commands(server: str, tmp_path: Path) -> None:

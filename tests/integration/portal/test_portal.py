@@ -21,9 +21,19 @@ def browser(w: World) -> TestClient:
     return TestClient(w.client.app, raise_server_exceptions=False, follow_redirects=False)
 
 
+def login_form(client: TestClient, token: str, **extra: str) -> dict[str, str]:
+    """The sign-in form as the browser sends it: the token typed, plus the form's own CSRF
+    token, bound to the pre-session cookie that fetching the form sets."""
+    page = client.get("/portal/login")
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert found, page.text
+    return {"token": token, "csrf": found.group(1), **extra}
+
+
 def signed_in(w: World, token: str) -> TestClient:
     client = browser(w)
-    resp = client.post("/portal/login", data={"token": token})
+    resp = client.post("/portal/login", data=login_form(client, token))
     assert resp.status_code == 303, resp.text
     return client
 
@@ -53,10 +63,13 @@ def jobs_of(w: World, token: str) -> list[dict[str, Any]]:
 
 def test_sign_in_opens_a_hashed_session(world: World) -> None:
     client = browser(world)
-    resp = client.post("/portal/login", data={"token": world.a.user_token, "next": "/portal/usage"})
+    data = login_form(client, world.a.user_token, next="/portal/usage")
+    resp = client.post("/portal/login", data=data)
     assert resp.status_code == 303
     assert resp.headers["location"] == "/portal/usage"
-    cookie = resp.headers["set-cookie"]
+    cookie = next(
+        c for c in resp.headers.get_list("set-cookie") if c.startswith(f"{sessions.COOKIE}=")
+    )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/portal" in cookie
     secret = client.cookies[sessions.COOKIE]
     assert secret.startswith("nps_") and world.a.user_token not in cookie
@@ -72,7 +85,7 @@ def test_sign_in_opens_a_hashed_session(world: World) -> None:
 def test_bad_token_is_refused_on_the_page(world: World) -> None:
     client = browser(world)
     for token in ("nuri_not-a-token", world.a.user_token + "x", ""):
-        resp = client.post("/portal/login", data={"token": token})
+        resp = client.post("/portal/login", data=login_form(client, token))
         assert resp.status_code == 401
         assert "invalid or expired token" in resp.text or "bearer" in resp.text.lower()
         assert sessions.COOKIE not in resp.headers.get("set-cookie", "")
@@ -90,7 +103,7 @@ def test_pages_without_a_session_go_to_sign_in(world: World) -> None:
     assert client.get("/portal/jobs").status_code == 303
     # Sign-in never sends the browser to another site.
     resp = client.post(
-        "/portal/login", data={"token": world.a.user_token, "next": "https://evil.example/"}
+        "/portal/login", data=login_form(client, world.a.user_token, next="https://evil.example/")
     )
     assert resp.headers["location"] == "/portal/jobs"
 
@@ -287,10 +300,14 @@ def test_job_page_shows_logs_and_the_loss_curve(world: World) -> None:
 def test_session_cookie_is_secure_in_prod(world: World) -> None:
     """Behind a TLS-terminating ingress requests arrive as plain http: in prod the cookie is
     marked Secure all the same (in dev, on http://127.0.0.1, it cannot be)."""
-    dev = browser(world).post("/portal/login", data={"token": world.a.user_token})
+    dev_browser = browser(world)
+    dev = dev_browser.post("/portal/login", data=login_form(dev_browser, world.a.user_token))
     assert "secure" not in dev.headers["set-cookie"].lower()
+    # The form is fetched first: over plain http a test client never sends a Secure cookie.
+    prod_browser = browser(world)
+    data = login_form(prod_browser, world.a.user_token)
     world.client.app.state.settings.env = "prod"  # type: ignore[attr-defined]
-    prod = browser(world).post("/portal/login", data={"token": world.a.user_token})
+    prod = prod_browser.post("/portal/login", data=data)
     assert prod.status_code == 303 and "; secure" in prod.headers["set-cookie"].lower()
 
 

@@ -113,11 +113,12 @@ def test_success_registers_an_artifact_and_a_relabel_stops_a_running_job(env: En
         config={"payload": "synthetic", "steps": 300, "step_seconds": 0.1},
     )
     env.until_status(long["id"], "RUNNING")
-    # The data owner narrows the dataset to Daejeon: the job's pool (Seoul) is now forbidden.
+    # The dataset is moved to Daejeon: the job's pool (Seoul) is now forbidden. A different
+    # region set also widens the labels (Daejeon is new), so an admin makes the change.
     ok(
         env.client.patch(
             f"/v1/datasets/{ds['id']}",
-            headers=bearer(env.alpha),
+            headers=root,
             json={"labels": {"jurisdiction": "KR", "allowed_regions": ["kr-daejeon"]}},
         )
     )
