@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.errors import NuriError
@@ -31,9 +32,19 @@ _HTTP_CODES = {
 }
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """Errors echo what the caller sent, which may hold text UTF-8 cannot encode (a lone
+    surrogate): escaped JSON always encodes, so the answer is the error, never a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode()
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any]) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
+    return _AsciiJSONResponse(
         status_code=status,
         content={"code": code, "message": message, "details": details},
         headers=headers,
@@ -104,6 +115,17 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
             )
             response.headers["Retry-After"] = "1"
             return response
+        if isinstance(exc, DataError):
+            # The database refused a value (a number past its 64-bit range, a NUL in text on
+            # PostgreSQL): bad input, rolled back with its transaction, answered as such.
+            return respond(
+                request,
+                422,
+                "unstorable_value",
+                "a value in the request cannot be stored: out of range, or a character the "
+                "database refuses",
+                {},
+            )
         return respond(request, *_internal_error(request))
 
     @app.exception_handler(Exception)

@@ -23,6 +23,11 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip
 T = TypeVar("T")
 
 
+# The largest integer the databases store (64-bit signed): every integer a request may carry
+# into a query or a row is bounded by it, so none reaches the driver out of range.
+DB_INT_MAX = 2**63 - 1
+
+
 class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 
@@ -151,7 +151,9 @@ def create_policy_version(
     tags=["policies"],
 )
 def activate_policy_version(
-    version_id: int, session: SessionDep, caller: CallerDep
+    version_id: Annotated[int, Path(ge=1, le=schemas.DB_INT_MAX)],
+    session: SessionDep,
+    caller: CallerDep,
 ) -> schemas.PolicyVersionPublic:
     return schemas.PolicyVersionPublic.model_validate(
         policies.activate(session, caller, version_id, utcnow())

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.engine import Engine
 
 from controlplane.api.deps import CallerDep, SessionDep
+from controlplane.api.schemas import DB_INT_MAX
 from controlplane.audit import log, signing, store
 from controlplane.db.types import utcnow
 from controlplane.services import auditing
@@ -27,7 +28,9 @@ def list_events(
     session: SessionDep,
     caller: CallerDep,
     stream: Annotated[str | None, Query(description="member id or 'platform'")] = None,
-    after: Annotated[int, Query(ge=0, description="return events with a larger id")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=DB_INT_MAX, description="return events with a larger id")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     items, nxt = auditing.list_events(session, caller, stream, after, limit, utcnow())

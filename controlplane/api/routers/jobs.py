@@ -112,7 +112,7 @@ def job_logs(
     job_id: str,
     session: SessionDep,
     caller: CallerDep,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
+    attempt: Annotated[int | None, Query(ge=1, le=schemas.DB_INT_MAX)] = None,
     tail: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> schemas.Page[schemas.JobLogPublic]:
     return schemas.Page(
@@ -128,7 +128,7 @@ def job_metrics(
     job_id: str,
     session: SessionDep,
     caller: CallerDep,
-    after_step: Annotated[int, Query(ge=0)] = 0,
+    after_step: Annotated[int, Query(ge=0, le=schemas.DB_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> schemas.Page[schemas.JobMetricPublic]:
     return schemas.Page(
