@@ -120,18 +120,6 @@ def verify_db(
     return verify(events, cps, public_key, names)
 
 
-def bundle(session: Session, public_pem: bytes, streams: Sequence[str] | None) -> dict[str, Any]:
-    """Everything an offline verifier needs, as one JSON-able object (in memory; the API
-    streams ``export_lines`` instead)."""
-    return {
-        "format": FORMAT_1,
-        "streams": list(streams) if streams is not None else known_streams(session),
-        "events": [event_dict(e) for e in read_events(session, streams)],
-        "checkpoints": [checkpoint_dict(c) for c in read_checkpoints(session, streams)],
-        "public_key_pem": public_pem.decode(),
-    }
-
-
 # --- the records -----------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
-from controlplane.audit import log, signing, store
+from controlplane.audit import log, store
 from controlplane.auth import Principal
 from controlplane.db.models import Role
 from controlplane.errors import Forbidden, NotFound
@@ -74,26 +74,3 @@ def verify(
     )
     session.commit()
     return report.to_dict()
-
-
-def export(
-    session: Session,
-    caller: Principal,
-    key: Ed25519PrivateKey,
-    stream: str | None,
-    now: datetime,
-) -> dict[str, Any]:
-    streams = visible_streams(caller, stream)
-    data = store.bundle(session, signing.public_pem(key), streams)
-    log.record(
-        session,
-        caller,
-        "audit.export",
-        "audit_stream",
-        stream,
-        stream=log.stream_for(caller.member_id),
-        now=now,
-        details={"streams": data["streams"], "events": len(data["events"])},
-    )
-    session.commit()
-    return data
