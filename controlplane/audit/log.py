@@ -58,18 +58,10 @@ def _reserve(conn: Connection, stream: str, count: int) -> tuple[int, str]:
     return int(row[0]) - count + 1, str(row[1])
 
 
-# The fields of an entry (see ``entry``) that text columns hold; ``details`` is JSON.
-TEXT_FIELDS = (
-    "stream",
-    "actor",
-    "actor_role",
-    "source_ip",
-    "request_id",
-    "trace_id",
-    "action",
-    "resource_type",
-    "resource_id",
-    "outcome",
+# The fields of an entry (see ``entry``) that text columns hold: the hashed ones but the
+# number, the time, the JSON ``details`` and the previous hash.
+TEXT_FIELDS = tuple(
+    f for f in chain.HASHED_FIELDS if f not in ("seq", "at", "details", "prev_hash")
 )
 
 
