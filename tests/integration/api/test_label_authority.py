@@ -22,29 +22,8 @@ from controlplane import residency
 from controlplane.db.models import Job
 from controlplane.scheduler.snapshot import build
 from tests.conftest import World, bearer, ok
+from tests.integration.api.test_residency import DJ_POOL, US_POOL
 
-US_POOL = {
-    "name": "us-test-h100",
-    "gpu_model": "H100",
-    "gpu_memory_gib": 80,
-    "gpus_per_node": 8,
-    "site": "Oregon",
-    "region": "us-west",
-    "jurisdiction": "US",
-    "max_classification": "open",
-    "node_count": 2,
-}
-DJ_POOL = {
-    "name": "kr-test-h100",
-    "gpu_model": "H100",
-    "gpu_memory_gib": 80,
-    "gpus_per_node": 8,
-    "site": "Daejeon",
-    "region": "kr-daejeon",
-    "jurisdiction": "KR",
-    "max_classification": "sensitive",
-    "node_count": 2,
-}
 # The dataset every test starts from: personal information under a consent basis, sensitive.
 START = {
     "jurisdiction": "KR",
