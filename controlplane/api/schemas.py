@@ -223,14 +223,37 @@ class QuotaPublic(Output):
     updated_at: datetime
 
 
+# A quarter, half-year or month in ASCII digits (``\d`` takes Arabic-Indic and fullwidth digits
+# too). It must lie in years 0001 to 9999, the dates a datetime holds: the service refuses
+# 0000-01 or 9999-Q4 (which ends on 10000-01-01) with ``period_out_of_range``.
+Period = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9]{4}-(Q[1-4]|H[12]|[0-9]{2})$"),
+    Field(description="2026-Q4, 2026-H1 or 2026-11; from 0001-01 to 9999-11, 9999-Q3, 9999-H1"),
+]
+
+# More GPU-hours than 100,000 GPUs burn in a year, the longest period: every budget a cluster
+# can spend fits, and the forecast's arithmetic stays in range.
+MAX_GPU_HOURS = 1e9
+GpuHours = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=MAX_GPU_HOURS,
+        allow_inf_nan=False,
+        description="GPU-hours for the period, at most 1e9 (finite)",
+    ),
+]
+
+
 class BudgetCreate(Input):
     member: str
-    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-(Q[1-4]|\d{2}|H[12])$")]
-    gpu_hours: float = Field(ge=0, le=1e9)
+    period: Period
+    gpu_hours: GpuHours
 
 
 class BudgetUpdate(Input):
-    gpu_hours: float = Field(ge=0, le=1e9)
+    gpu_hours: GpuHours
 
 
 class BudgetForecast(Output):
@@ -240,7 +263,9 @@ class BudgetForecast(Output):
     gpus_in_use: int
     current_burn_gpu_hours_per_hour: float
     average_burn_gpu_hours_per_hour: float
-    exhausted_at: datetime | None
+    exhausted_at: datetime | None = Field(
+        description="null when nothing runs, or when it lies past year 9999 (it lasts the period)"
+    )
     lasts_the_period: bool
 
 

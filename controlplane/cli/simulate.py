@@ -190,7 +190,8 @@ def _policies(text: str, out: Console) -> list[Policy]:
 
 
 def _pool_name(text: str) -> str:
-    return f"cluster{int(text):02d}" if text.isdigit() else text
+    # ASCII digits only: "²".isdigit() is true, yet int() refuses it.
+    return f"cluster{int(text):02d}" if text.isascii() and text.isdigit() else text
 
 
 def _load_trace(path: Path, trace_format: str, seed: int, out: Console) -> list[TraceJob]:

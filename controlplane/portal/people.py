@@ -52,7 +52,7 @@ def token_create(
     body_in: dict[str, Any] = {
         "name": (field(form, "name") or "").strip(),
         "scopes": [v for k, v in form if k == "scopes"],
-        "expires_in_days": int(days) if days.isdigit() else days,
+        "expires_in_days": views.number(days),
     }
     if field(form, "user_id"):
         body_in["user_id"] = field(form, "user_id")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
@@ -498,7 +498,12 @@ def artifact_download(
 
 
 @router.get("/audit")
-def audit(request: Request, session: SessionDep, visit: VisitDep, after: int = 0) -> HTMLResponse:
+def audit(
+    request: Request,
+    session: SessionDep,
+    visit: VisitDep,
+    after: Annotated[int, Query(ge=0, le=schemas.DB_INT_MAX)] = 0,
+) -> HTMLResponse:
     events, nxt = auditing.list_events(session, visit.principal, None, after, 100, utcnow())
     return page(request, "audit.html", visit=visit, events=events, next_after=nxt, report=None)
 

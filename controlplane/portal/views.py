@@ -6,6 +6,7 @@ services and passes plain values in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from controlplane.db.models import JobKind
 from controlplane.errors import NuriError
 from controlplane.jobstate import TERMINAL, JobStatus
+from controlplane.numerals import ascii_int, finite_float
 
 # web/ sits beside the packages (the fixed top level): templates and static assets.
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -148,7 +150,7 @@ class SubmitForm:
         body: dict[str, Any] = {
             "kind": self.kind,
             "model": self.model,
-            "gpus": _number(self.gpus),
+            "gpus": number(self.gpus),
             "allowed_pools": self.allowed_pools,
             "inputs": self.inputs,
             "priority_class": self.priority_class,
@@ -161,24 +163,25 @@ class SubmitForm:
         if self.steps:
             # Only the kind's knobs: a synthetic or unknown setting is refused as on the API.
             key = "max_new_tokens" if self.kind == "inference" else "steps"
-            body["config"] = {key: _number(self.steps)}
+            body["config"] = {key: number(self.steps)}
         if self.preemptible in ("yes", "no"):
             body["preemptible"] = self.preemptible == "yes"
         return body
 
 
-def _number(text: str) -> int | str:
-    try:
-        return int(text)
-    except ValueError:
-        return text
+def number(text: str) -> int | str:
+    """A form's integer field for validation: the integer, or the text when it is not one in
+    ASCII digits (a superscript, Arabic-Indic digits), which validation refuses as the API
+    does."""
+    value = ascii_int(text)
+    return text if value is None else value
 
 
 def _hours_to_seconds(text: str) -> int | str:
-    try:
-        return round(float(text) * 3600)
-    except ValueError:
-        return text
+    # Hours so large that their seconds are infinite stay text, refused like ``inf``.
+    hours = finite_float(text)
+    seconds = math.inf if hours is None else hours * 3600
+    return round(seconds) if math.isfinite(seconds) else text
 
 
 def problems_of(exc: ValidationError | NuriError) -> list[str]:

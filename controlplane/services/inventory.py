@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import MAXYEAR, MINYEAR, UTC, datetime
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -337,12 +337,18 @@ def update_quota(
 
 # --- budgets -------------------------------------------------------------------------------
 
-_PERIOD = re.compile(r"^(\d{4})-(Q[1-4]|H[12]|\d{2})$")
+# ASCII digits only (``\d`` matches Arabic-Indic and fullwidth digits too); matched with
+# ``fullmatch``, as ``$`` lets a trailing newline through.
+_PERIOD = re.compile(r"([0-9]{4})-(Q[1-4]|H[12]|[0-9]{2})")
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:
-    """UTC start (inclusive) and end (exclusive) of ``2026-Q4``, ``2026-H1`` or ``2026-11``."""
-    m = _PERIOD.match(period)
+    """UTC start (inclusive) and end (exclusive) of ``2026-Q4``, ``2026-H1`` or ``2026-11``.
+
+    A period must lie inside the dates a ``datetime`` holds: year 0 and a period ending on
+    10000-01-01 (``9999-Q4``) are refused with ``period_out_of_range``, never a 500.
+    """
+    m = _PERIOD.fullmatch(period)
     if not m:
         raise InvalidRequest(f"bad period {period!r}", details={"period": period})
     year, part = int(m.group(1)), m.group(2)
@@ -354,10 +360,15 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
         first, months = int(part), 1
         if not 1 <= first <= 12:
             raise InvalidRequest(f"bad month in period {period!r}", details={"period": period})
-    end_month = first + months
-    start = datetime(year, first, 1, tzinfo=UTC)
-    end = datetime(year + (end_month - 1) // 12, (end_month - 1) % 12 + 1, 1, tzinfo=UTC)
-    return start, end
+    end_year, end_month = year + (first + months - 1) // 12, (first + months - 1) % 12 + 1
+    if year < MINYEAR or end_year > MAXYEAR:
+        raise InvalidRequest(
+            f"period {period!r} is out of range: periods run from 0001-01 to 9999-11 "
+            "(9999-Q3, 9999-H1)",
+            code="period_out_of_range",
+            details={"period": period, "first": "0001-01", "last": "9999-11"},
+        )
+    return datetime(year, first, 1, tzinfo=UTC), datetime(end_year, end_month, 1, tzinfo=UTC)
 
 
 def used_gpu_hours(
@@ -402,14 +413,22 @@ def budget_public(session: Session, row: Budget) -> schemas.BudgetPublic:
             gpus_in_use=int(in_use),
             current_burn_gpu_hours_per_hour=seen.current_burn_gpu_hours_per_hour,
             average_burn_gpu_hours_per_hour=round(seen.average_burn_gpu_hours_per_hour, 3),
-            exhausted_at=(
-                datetime.fromtimestamp(seen.exhausted_at, UTC)
-                if seen.exhausted_at is not None
-                else None
-            ),
+            exhausted_at=_instant(seen.exhausted_at),
             lasts_the_period=seen.lasts_the_period,
         )
     return out
+
+
+# The last moment a datetime holds: a large budget at a slow burn runs out after it.
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC).timestamp()
+
+
+def _instant(at: float | None) -> datetime | None:
+    """A forecast's moment as a datetime; one past year 9999 is none, never an overflow: every
+    period ends before it, so the forecast already says the budget lasts the period."""
+    if at is None or not at < _LAST_INSTANT:
+        return None
+    return datetime.fromtimestamp(at, UTC)
 
 
 def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreate) -> Budget:
