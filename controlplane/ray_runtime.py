@@ -43,7 +43,11 @@ def start(
     if address:
         ctx: Any = ray.init(address=address, namespace="nuri", log_to_driver=False)
     else:
+        # address="local": always a new Ray of our own. Without it ray.init joins whatever
+        # Ray RAY_ADDRESS or the machine's last `ray start` names (another user's, another
+        # test run's) and refuses our resources there.
         ctx = ray.init(
+            address="local",
             num_cpus=max(2, os.cpu_count() or 2),
             num_gpus=sum(pool_gpus.values()),
             resources=pool_resources(pool_gpus, node_names or []),

@@ -39,7 +39,7 @@ import pytest
 
 Scope = Literal["session", "package", "module", "class", "function"]
 REGION = "us-east-1"
-START_TIMEOUT_S = 60.0  # generous: a loaded CI machine imports moto slowly
+START_TIMEOUT_S = 120.0  # generous: a loaded CI machine imports moto slowly
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def run_on_ray(
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        # "local" (a new Ray of its own), never ray.init's guess: the machine's last
+        # `ray start`, which may be anyone's.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
     env = {**_RANK_ENV}
     for key in ("DS_ACCELERATOR", "NURI_JOB_TOKEN"):
         if key in os.environ:

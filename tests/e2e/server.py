@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import pytest
 
 BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 300.0  # generous: on a loaded machine `nuri up` starts Ray slowly
 
 
 def free_port() -> int:
@@ -40,19 +41,27 @@ def nuri_server(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        healthy = False
+        while not healthy and time.monotonic() < deadline and proc.poll() is None:
+            with suppress(httpx.HTTPError):
+                healthy = (
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+                )
+            if not healthy:
+                time.sleep(0.5)  # poll interval
         if proc.poll() is not None:
             pytest.fail(f"nuri {args[0]} exited early:\n{log.read_text()}")
+        if not healthy:
+            pytest.fail(f"nuri {args[0]} not healthy in {START_TIMEOUT_S:.0f}s:\n{log.read_text()}")
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        # The whole group, Ray's processes included; it may be gone already (exited early).
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -14,7 +14,7 @@ from tests.e2e.server import free_port, nuri_server
 
 ADMIN = "nuri-e2e-workers-admin-token-0123456789abcdef"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def children(pid: int) -> set[int]:

@@ -30,22 +30,23 @@ runner = CliRunner()
 def server(tmp_path: Path) -> Iterator[str]:
     engine = make_engine(f"sqlite:///{tmp_path / 'nuri.db'}")
     api = make_client(engine).app
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # The server gets a socket already bound to a free port: no other process can take the
+    # port between choosing it and listening on it.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    deadline = time.monotonic() + 60  # generous: a loaded machine starts the app slowly
+    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll interval
+    assert srv.started, "the test server did not start"
     yield url
     srv.should_exit = True
-    thread.join(10)
+    thread.join(30)
+    sock.close()
     engine.dispose()
 
 

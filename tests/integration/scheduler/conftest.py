@@ -22,6 +22,9 @@ from tests.conftest import ADMIN_TOKEN, bearer, make_client, ok
 
 POOL = "kr-ray-h200"
 NODES = [f"{POOL}-{i:03d}" for i in range(3)]
+# How long a test waits for a condition (a job's status, a checkpoint) before it fails:
+# generous, for a machine loaded by other test runs; pytest's timeout still bounds each test.
+WAIT_S = 300.0
 
 
 def node_args(name: str) -> dict[str, Any]:
@@ -30,9 +33,12 @@ def node_args(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[tuple[Cluster, dict[str, Any]]]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    handles = {name: cluster.add_node(**node_args(name)) for name in NODES}
-    cluster.wait_for_nodes()
+    # Nodes are awaited together with a generous limit (add_node alone waits 30 s for each).
+    # Every port is Ray's free choice (a fixed default would collide with another run's Ray).
+    cluster = Cluster()
+    cluster.add_node(wait=False, num_cpus=2, include_dashboard=False, dashboard_agent_listen_port=0)
+    handles = {name: cluster.add_node(wait=False, **node_args(name)) for name in NODES}
+    cluster.wait_for_nodes(timeout=WAIT_S)
     ray.init(address=cluster.address, namespace="nuri", log_to_driver=False)
     try:
         yield cluster, handles
@@ -71,7 +77,10 @@ class Env:
         return out
 
     def run_until(
-        self, cond: Callable[[], bool], timeout: float = 60, service: SchedulerService | None = None
+        self,
+        cond: Callable[[], bool],
+        timeout: float = WAIT_S,
+        service: SchedulerService | None = None,
     ) -> None:
         svc = service or self.service
         deadline = time.monotonic() + timeout
@@ -82,7 +91,7 @@ class Env:
             time.sleep(0.3)
         raise AssertionError("condition not reached in time")
 
-    def until_status(self, job_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+    def until_status(self, job_id: str, *statuses: str, timeout: float = WAIT_S) -> dict[str, Any]:
         self.run_until(lambda: self.job(job_id)["status"] in statuses, timeout)
         return self.job(job_id)
 
@@ -100,7 +109,7 @@ def make_service(
 ) -> SchedulerService:
     return SchedulerService(
         engine,
-        RayExecutor(ready_timeout_s=20),
+        RayExecutor(ready_timeout_s=60),  # placement groups reserve slowly on a loaded machine
         SchedulerConfig(
             jobs_root=tmp / "jobs", holder=holder, lease_ttl_s=ttl, engine=engine_config()
         ),

@@ -14,7 +14,7 @@ from controlplane.scheduler import SchedulerService
 from tests.conftest import ADMIN_TOKEN, bearer, ok
 from tests.integration.scheduler.conftest import Env
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_job_runs_on_the_nodes_the_engine_chose(env: Env) -> None:

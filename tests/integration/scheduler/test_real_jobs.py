@@ -136,7 +136,7 @@ def test_data_changed_after_registration_fails_at_staging(env: Env) -> None:
     ds = register(env, "changing", path)
     path.write_text('{"text": "somebody swapped the data"}\n', encoding="utf-8")
     job = env.submit(env.alpha, kind="finetune", gpus=1, inputs=[ds["id"]], config={"steps": 2})
-    done = env.until_status(job["id"], "FAILED", "SUCCEEDED", timeout=240)
+    done = env.until_status(job["id"], "FAILED", "SUCCEEDED")
     assert done["status"] == "FAILED"
     message = done["reasons"][0]["message"]
     assert "staging failed" in message and ("checksum" in message or "size" in message), message
@@ -156,9 +156,9 @@ def test_a_cancelled_job_checkpoints_before_its_gpus_are_freed(env: Env) -> None
             "checkpoint_every": 1000,
         },
     )
-    env.run_until(lambda: len(get(env, f"/v1/jobs/{job['id']}/metrics")["items"]) >= 3, 120)
+    env.run_until(lambda: len(get(env, f"/v1/jobs/{job['id']}/metrics")["items"]) >= 3)
     ok(env.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(env.alpha), json={}))
-    env.run_until(lambda: env.job(job["id"])["assignment"] == [], 120)
+    env.run_until(lambda: env.job(job["id"])["assignment"] == [])
     done = env.job(job["id"])
     assert done["status"] == "CANCELLED"
     assert done["checkpoint_uri"] is not None, "the stop request wrote a final checkpoint"

@@ -19,16 +19,20 @@ from controlplane.db.engine import make_engine
 from controlplane.db.models import UsageRecord
 from controlplane.scheduler import lease
 from tests.conftest import ADMIN_TOKEN, bearer, make_client, ok
-from tests.integration.scheduler.conftest import Env, make_service, setup_world
+from tests.integration.scheduler.conftest import WAIT_S, Env, make_service, setup_world
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
+
+# Long enough that a leader's own lease never lapses between two of its cycles on a loaded
+# machine (it would take a new token); a standby takes over this long after the leader dies.
+LEASE_TTL_S = 10.0
 
 
 def placement_groups_named(name: str) -> int:
     return sum(1 for pg in ray.util.placement_group_table().values() if pg.get("name") == name)
 
 
-def wait_for(cond: Any, timeout: float = 60) -> None:
+def wait_for(cond: Any, timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -57,7 +61,7 @@ def scheduler_process(env: Env, ray_cluster: Any) -> Iterator[Any]:
             "--holder",
             holder,
             "--lease-ttl",
-            "3",
+            str(LEASE_TTL_S),
             "--interval",
             "0.5",
             "--grace-period",
@@ -92,7 +96,7 @@ def test_control_plane_killed_mid_run_continues_without_duplicates(
         name="long",
         config={"payload": "synthetic", "steps": 40, "step_seconds": 0.15, "checkpoint_every": 5},
     )
-    wait_for(lambda: env.job(job["id"])["status"] == "RUNNING", timeout=90)
+    wait_for(lambda: env.job(job["id"])["status"] == "RUNNING")
     os.kill(first.pid, signal.SIGKILL)  # no cleanup, no lease release
     first.wait(10)
     pg_name = f"nuri-job-{job['id']}-a1"
@@ -100,7 +104,7 @@ def test_control_plane_killed_mid_run_continues_without_duplicates(
     assert env.job(job["id"])["status"] == "RUNNING", "the job outlives its control plane"
 
     scheduler_process("sched-b")
-    wait_for(lambda: env.job(job["id"])["status"] == "SUCCEEDED", timeout=120)
+    wait_for(lambda: env.job(job["id"])["status"] == "SUCCEEDED")
     done = env.job(job["id"])
     assert done["attempt"] == 1, "re-attached, not restarted"
     assert placement_groups_named(pg_name) == 1, "no second placement group"
@@ -121,8 +125,8 @@ def test_two_schedulers_on_postgres_one_leader(
     engine = make_engine(pg_database)
     client = make_client(engine)
     alpha, _beta = setup_world(client)
-    a = make_service(engine, tmp_path, holder="a", ttl=2)
-    b = make_service(engine, tmp_path, holder="b", ttl=2)
+    a = make_service(engine, tmp_path, holder="a", ttl=LEASE_TTL_S)
+    b = make_service(engine, tmp_path, holder="b", ttl=LEASE_TTL_S)
     try:
         assert a.tick().leader and not b.tick().leader
         job = ok(
@@ -151,14 +155,14 @@ def test_two_schedulers_on_postgres_one_leader(
         assert job["id"] in a.tick().admitted
         wait_for(lambda: a.tick() is not None and status() == "RUNNING")
         # The leader dies (stops renewing). The standby takes over once the lease expires.
-        time.sleep(2.5)
+        wait_for(lambda: b.tick().leader)
         report = b.tick()
         assert report.leader and report.token == 2
         # The old leader wakes up: it is refused, and its stale token fences nothing.
         assert not a.tick().leader
         with Session(engine) as s, pytest.raises(lease.NotLeader):
-            lease.fence(s, "a", 1, a.clock(), 2)
-        wait_for(lambda: b.tick() is not None and status() == "SUCCEEDED", timeout=90)
+            lease.fence(s, "a", 1, a.clock(), LEASE_TTL_S)
+        wait_for(lambda: b.tick() is not None and status() == "SUCCEEDED")
         assert placement_groups_named(f"nuri-job-{job['id']}-a1") == 1
     finally:
         with Session(engine) as s:

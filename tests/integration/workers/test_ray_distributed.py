@@ -20,7 +20,7 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_two_rank_deepspeed_finetune_in_ray_actors(
     local_ray, make_spec, corpus, read_events
 ) -> None:
@@ -30,9 +30,9 @@ def test_two_rank_deepspeed_finetune_in_ray_actors(
 
     spec = make_spec("finetune", corpus, steps=8, checkpoint_every=4, zero_stage=2)
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
-    local_ray.get(pg.ready(), timeout=60)
+    local_ray.get(pg.ready(), timeout=300)
     try:
-        results = run_on_ray(spec, world_size=2, placement_group=pg, timeout_s=360)
+        results = run_on_ray(spec, world_size=2, placement_group=pg, timeout_s=480)
     finally:
         remove_placement_group(pg)
 
@@ -61,7 +61,7 @@ def test_two_rank_deepspeed_finetune_in_ray_actors(
     assert json.loads(Path(results[0].manifest).read_text())["job_id"] == spec.job_id
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_two_rank_zero3_partitions_and_exports_a_complete_model(
     local_ray, make_spec, corpus, read_events
 ) -> None:
@@ -69,7 +69,7 @@ def test_two_rank_zero3_partitions_and_exports_a_complete_model(
     from workers.presets import load_model, resolve_model
 
     spec = make_spec("finetune", corpus, steps=6, zero_stage=3)
-    results = run_on_ray(spec, world_size=2, timeout_s=360)
+    results = run_on_ray(spec, world_size=2, timeout_s=480)
     assert [r.status for r in results] == ["succeeded", "succeeded"], [r.error for r in results]
     losses = results[0].losses
     assert losses[-1] < losses[0] - 0.3, losses
@@ -83,7 +83,7 @@ def test_two_rank_zero3_partitions_and_exports_a_complete_model(
     }
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_entry_point_runs_two_inference_ranks_on_ray(local_ray, make_spec, tmp_path) -> None:
     from workers.run import main
 

@@ -52,7 +52,7 @@ def _events(read_events, spec, **match):
     return [e for e in read_events(spec.output_dir) if all(e.get(k) == v for k, v in match.items())]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_chat_finetune_with_a_validation_split_and_activation_checkpointing(
     make_spec, chat_data, read_events, tmp_path
 ) -> None:
@@ -114,7 +114,7 @@ def _checkpoint_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("engine", "zero_stage"), [("deepspeed", 2), ("deepspeed", 3), ("torch", None)]
 )
@@ -169,7 +169,7 @@ def test_lora_checkpoints_hold_the_adapter_only_and_resume_exactly(
     assert weights < base_bytes / 4
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_lora_job_goes_on_training_an_earlier_adapter(make_spec, corpus, tmp_path) -> None:
     common = {"steps": 6, "micro_batch": 2, "lr": 2e-2, "engine": "torch", "seed": 3}
     earlier = make_spec("lora", corpus, output_dir=str(tmp_path / "a"), **common)
@@ -191,7 +191,7 @@ def test_a_lora_job_goes_on_training_an_earlier_adapter(make_spec, corpus, tmp_p
     assert manifest["base_model"]["adapter"]["adapter_dir"] == str(adapter)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_distill_stops_with_a_checkpoint_and_compares_student_and_teacher(
     make_spec, chat_data, read_events
 ) -> None:
@@ -226,7 +226,7 @@ def test_distill_stops_with_a_checkpoint_and_compares_student_and_teacher(
     assert final["eval_loss"] == evals[0]["eval_loss"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_inference_applies_the_system_prompt_and_an_adapter(
     make_spec, tmp_path, read_events
 ) -> None:
@@ -300,7 +300,7 @@ print(json.dumps(evaluate(ctx, engine, examples)))
 """
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_evaluation_over_ranks_equals_one_rank(make_spec, corpus, tmp_path) -> None:
     import os
     import subprocess
@@ -335,7 +335,7 @@ def test_evaluation_over_ranks_equals_one_rank(make_spec, corpus, tmp_path) -> N
 
     # 5 examples over 2 ranks x 2: the last global batch leaves rank 1 with nothing to do.
     procs = launch(1) + launch(2)
-    outs = [json.loads(p.communicate(timeout=240)[0].decode().splitlines()[-1]) for p in procs]
+    outs = [json.loads(p.communicate(timeout=480)[0].decode().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     single, *ranks = outs
     assert ranks[0] == ranks[1]  # every rank reports the reduced result

@@ -19,7 +19,7 @@ def _falls(losses: list[float]) -> bool:
     return tail < head - 0.5
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_finetune_with_deepspeed_lowers_loss_and_writes_a_model(
     make_spec, corpus, read_events
 ) -> None:
@@ -54,7 +54,7 @@ def test_finetune_with_deepspeed_lowers_loss_and_writes_a_model(
     assert weights["sha256"] == sha256_file(model_dir / "model.safetensors")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_zero3_continued_pretraining_from_local_weights(make_spec, corpus, tmp_path) -> None:
     base_dir = tmp_path / "base"
     load_model(resolve_model("axk1-tiny"), seed=7).save_pretrained(base_dir)
@@ -78,7 +78,7 @@ def test_zero3_continued_pretraining_from_local_weights(make_spec, corpus, tmp_p
     assert manifest["base_model"]["weights_hash_method"] == "content"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_lora_trains_adapters_on_attention_and_experts_only(make_spec, corpus, read_events) -> None:
     spec = make_spec("lora", corpus, lr=1e-2, lora={"rank": 4, "alpha": 8})
     result = run_job(spec)
