@@ -77,8 +77,13 @@ def serve(kind: str, db: str, port: int, workers: int = 1) -> None:
     from controlplane.settings import Settings
 
     home = tempfile.mkdtemp(prefix="nuri-bench-")
+    # The per-token rate limit is off: the bench measures how fast the server can go.
     os.environ.update(
-        NURI_DATABASE_URL=db, NURI_BOOTSTRAP_ADMIN_TOKEN=ADMIN, NURI_HOME=home, NURI_ENV="dev"
+        NURI_DATABASE_URL=db,
+        NURI_BOOTSTRAP_ADMIN_TOKEN=ADMIN,
+        NURI_HOME=home,
+        NURI_ENV="dev",
+        NURI_RATE_LIMIT_PER_S="0",
     )
     if workers == 1:
         app = create_app(Settings(), make_engine(db))

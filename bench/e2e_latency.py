@@ -70,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def setup(tmp: Path) -> tuple[TestClient, str, Any]:
     engine = make_engine(f"sqlite:///{tmp / 'bench.db'}")
-    app = create_app(Settings(bootstrap_admin_token=ADMIN, home=tmp), engine)
+    app = create_app(Settings(bootstrap_admin_token=ADMIN, home=tmp, rate_limit_per_s=0), engine)
     c = TestClient(app)
     h = {"Authorization": f"Bearer {ADMIN}"}
     c.post(
@@ -195,6 +195,7 @@ def main() -> None:
     args = p.parse_args()
     resources = {f"pool:{POOL}": 8.0 * len(NODES), **{f"nuri-node:{n}": 1.0 for n in NODES}}
     ray.init(
+        address="local",  # a Ray of its own, never one already running on the machine
         num_cpus=4,
         num_gpus=8 * len(NODES),
         resources=resources,

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # Reverse proxies (comma-separated IPs or CIDRs) whose X-Forwarded-For names the caller in
     # audit events; from anyone else the header is ignored and the socket's peer is the source.
     trusted_proxies: str = ""
+    # The largest request body the API and the portal accept (413 beyond it); read only after
+    # the caller is authenticated.
+    max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    # Per API token: ``rate_limit_burst`` requests at once, refilled at ``rate_limit_per_s``
+    # per second (429 with Retry-After beyond it); 0 switches the limit off. Counted in each API
+    # process: with ``nuri api --workers N`` a token may reach N times the rate. No token is
+    # exempt, the platform admin's included.
+    rate_limit_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    rate_limit_burst: int = Field(default=200, ge=1)
 
     @field_validator("trusted_proxies")
     @classmethod

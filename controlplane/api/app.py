@@ -13,8 +13,9 @@ from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import planning
-from controlplane.api import errors
-from controlplane.api.deps import SessionDep
+from controlplane.api import errors, limits
+from controlplane.api import openapi as openapi_errors
+from controlplane.api.deps import SessionDep, authenticate_request
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
 from controlplane.audit import signing
 from controlplane.auth import client_address
@@ -128,6 +129,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         planning.warm_up_in_background()
     errors.install(app, html=portal.error_page)
 
+    app.state.rate_limiter = limits.RateLimiter(
+        settings.rate_limit_per_s, settings.rate_limit_burst
+    )
+    # Innermost of the three: the guard sees the request id and the caller's address.
+    app.add_middleware(
+        limits.RequestGuard,
+        max_body_bytes=settings.max_request_bytes,
+        authenticate=authenticate_request,
+    )
     app.add_middleware(RequestIdMiddleware)
     if settings.trusted_proxy_networks:
         app.add_middleware(TrustedProxiesMiddleware, trusted=settings.trusted_proxy_networks)
@@ -176,7 +186,7 @@ def _publish_job_configs(app: FastAPI) -> None:
             config = components["JobCreate"]["properties"]["config"]
             config["anyOf"] = [{"$ref": f"#/components/schemas/{n}"} for n in names.values()]
             config.pop("additionalProperties", None)
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_errors.document_errors(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from controlplane.api import limits
 from controlplane.auth import Origin, Principal, authenticate, trace_id_from
 from controlplane.db.types import utcnow
 from controlplane.settings import Settings
@@ -38,25 +39,47 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_principal(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> Principal:
-    return principal_for(request, session, settings, authorization)
+def get_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    # The header is read here, not declared as a parameter: the OpenAPI documents the token
+    # as the ``bearer`` security scheme (``api.openapi``), not as an input of every route.
+    return principal_for(request, session, settings, request.headers.get("authorization"))
 
 
 def principal_for(
     request: Request, session: Session, settings: Settings, authorization: str | None
 ) -> Principal:
-    """Authenticate within the caller's thread and session (see ``get_principal``)."""
+    """Authenticate within the caller's thread and session (see ``get_principal``), once per
+    request: a caller authenticated before its body was read (``api.limits.RequestGuard``)
+    is not looked up again, nor counted twice against its rate."""
+    known: Principal | None = getattr(request.state, limits.PRINCIPAL_KEY, None)
+    if known is not None:
+        return known
+    principal = _authenticate(request, session, settings, authorization)
+    setattr(request.state, limits.PRINCIPAL_KEY, principal)
+    return principal
+
+
+def authenticate_request(request: Request) -> Principal:
+    """The caller of ``request`` from its Authorization header, in a session of its own: what
+    ``RequestGuard`` runs before a body is read."""
+    settings: Settings = request.app.state.settings
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        return _authenticate(request, session, settings, request.headers.get("authorization"))
+
+
+def _authenticate(
+    request: Request, session: Session, settings: Settings, authorization: str | None
+) -> Principal:
     origin = Origin(
         source_ip=request.client.host if request.client else None,
         request_id=getattr(request.state, "request_id", None),
         trace_id=trace_id_from(request.headers.get("traceparent")),
     )
-    return authenticate(session, authorization, utcnow(), settings.token_touch_interval_s, origin)
+    principal = authenticate(
+        session, authorization, utcnow(), settings.token_touch_interval_s, origin
+    )
+    limits.admit(request.app.state.rate_limiter, principal)
+    return principal
 
 
 CallerDep = Annotated[Principal, Depends(get_principal)]

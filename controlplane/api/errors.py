@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controlplane.api.limits import Refused
 from controlplane.errors import NuriError
 
 log = logging.getLogger("nuri.api")
@@ -76,9 +77,16 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
             return html(request, status, code, message, details)
         return error_response(status, code, message, details)
 
+    def nuri_error(request: Request, exc: NuriError) -> Response:
+        response = respond(request, exc.status_code, exc.code, exc.message, exc.details)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
     @app.exception_handler(NuriError)
     async def _nuri(request: Request, exc: NuriError) -> Response:
-        return respond(request, exc.status_code, exc.code, exc.message, exc.details)
+        return nuri_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -91,6 +99,8 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc, Refused):  # refused while the body was being read (api.limits)
+            return nuri_error(request, exc.error)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return respond(request, exc.status_code, code, str(exc.detail), {})
 

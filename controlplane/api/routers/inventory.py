@@ -151,7 +151,20 @@ def update_budget(
     )
 
 
-@router.get("/usage", operation_id="getUsageReport", tags=["usage"])
+@router.get(
+    "/usage",
+    operation_id="getUsageReport",
+    tags=["usage"],
+    responses={
+        200: {
+            "description": "The report (JSON), or with format=csv a CSV file",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 def usage_report(
     session: SessionDep,
     caller: CallerDep,

@@ -32,7 +32,6 @@ async def submit_job(
     response: Response,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> schemas.JobPublic:
     # The API's hottest route: authentication and the submission share one session and one
     # trip to the thread pool (a sync dependency plus a sync endpoint would be two).
@@ -44,7 +43,7 @@ async def submit_job(
             # transaction for reads: there, switching modes would only cost time.)
             if request.app.state.engine.dialect.name == "postgresql":
                 session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            caller = principal_for(request, session, settings, authorization)
+            caller = principal_for(request, session, settings, request.headers.get("authorization"))
             return jobs.submit(
                 session,
                 caller,
