@@ -99,8 +99,8 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if isinstance(exc, Refused):  # refused while the body was being read (api.limits)
-            return nuri_error(request, exc.error)
+        if isinstance(exc, Refused):  # raised while the body was being read (api.limits)
+            return await _carried(request, exc.error)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return respond(request, exc.status_code, code, str(exc.detail), {})
 
@@ -141,6 +141,13 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         return respond(request, *_internal_error(request))
+
+    async def _carried(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NuriError):
+            return nuri_error(request, exc)
+        if isinstance(exc, DBAPIError):
+            return await _database(request, exc)
+        return await _unexpected(request, exc)
 
 
 def _internal_error(request: Request) -> tuple[int, str, str, dict[str, Any]]:

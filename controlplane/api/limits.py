@@ -59,10 +59,13 @@ class RateLimited(NuriError):
 
 
 class Refused(HTTPException):
-    """A :class:`NuriError` raised while the request body is being read (see the module)."""
+    """An error raised while the request body is being read (see the module): a
+    :class:`NuriError` (401, 403, 413, 429) or whatever else authentication raised (a lost
+    database connection), answered by the handler that error would have had anywhere else."""
 
-    def __init__(self, error: NuriError):
-        super().__init__(status_code=error.status_code, detail=error.message)
+    def __init__(self, error: Exception):
+        status = error.status_code if isinstance(error, NuriError) else 500
+        super().__init__(status_code=status, detail=str(error))
         self.error = error
 
 
@@ -161,8 +164,8 @@ class RequestGuard:
                 if api:
                     try:
                         principal = await run_in_threadpool(self.authenticate, Request(scope))
-                    except NuriError as exc:  # 401, 403, 429: as an HTTP exception (see above)
-                        raise Refused(exc) from None
+                    except Exception as exc:  # as an HTTP exception (see above)
+                        raise Refused(exc) from exc
                     scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
             message = await receive()
             if message["type"] == "http.request":
