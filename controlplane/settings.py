@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     # exempt, the platform admin's included.
     rate_limit_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
     rate_limit_burst: int = Field(default=200, ge=1)
+    # /metrics needs a token with the ``metrics`` scope unless the server listens on a
+    # loopback or private address, or this says the metrics are public
+    # (``controlplane.observability.metrics``).
+    metrics_public: bool = False
+    # A listener for the metrics alone (the chart's metrics port), on ``metrics_host`` (default
+    # ``host``): by ``nuri up`` / ``nuri api`` and by the standalone scheduler. It has no token
+    # check, so it listens only where ``/metrics`` would need none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str | None = None
+    # ``json``: one JSON object per log line, with the trace and span ids and the job and
+    # member it was about (``controlplane.observability.logs``). Tracing itself is set by
+    # the standard OTEL_* variables, not here.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("trusted_proxies")
     @classmethod

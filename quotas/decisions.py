@@ -62,12 +62,14 @@ class Reason:
 
 @dataclass(frozen=True, slots=True)
 class Admit:
-    """Start ``job_id`` in ``pool`` on ((node, GPUs), ...). ``borrowing``: above nominal."""
+    """Start ``job_id`` in ``pool`` on ((node, GPUs), ...). ``borrowing``: above nominal.
+    ``backfilled``: admitted while the pool held a reservation for its blocked head job."""
 
     job_id: str
     pool: str
     assignments: tuple[tuple[str, int], ...]
     borrowing: bool = False
+    backfilled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

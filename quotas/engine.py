@@ -652,7 +652,8 @@ class _Cycle:
             )
         state.admitted_ends[pool].append((end, placement))
         names = state.index[pool].names_of(placement)
-        self.admitted.append(Admit(job.job_id, pool, names, borrowing))
+        backfilled = pool in state.reservations
+        self.admitted.append(Admit(job.job_id, pool, names, borrowing, backfilled))
 
     # -- explanations ----------------------------------------------------------------------
 

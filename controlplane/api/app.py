@@ -17,9 +17,12 @@ from controlplane.api import errors, limits
 from controlplane.api import openapi as openapi_errors
 from controlplane.api.deps import SessionDep, authenticate_request
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
+from controlplane.api.routers import metrics as metrics_route
 from controlplane.audit import signing
 from controlplane.auth import client_address
 from controlplane.db.engine import make_engine, migrate
+from controlplane.observability import tracing
+from controlplane.observability.metrics import RequestMetricsMiddleware
 from controlplane.portal import admin as portal_admin
 from controlplane.portal import people as portal_people
 from controlplane.portal import routes as portal
@@ -141,6 +144,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(RequestIdMiddleware)
     if settings.trusted_proxy_networks:
         app.add_middleware(TrustedProxiesMiddleware, trusted=settings.trusted_proxy_networks)
+    # Outermost: the duration covers everything a caller waits for, refusals included.
+    app.add_middleware(RequestMetricsMiddleware)
 
     @app.get("/healthz", operation_id="health", tags=["health"])
     def healthz(session: SessionDep) -> dict[str, Any]:
@@ -151,10 +156,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Jobs first: routes are matched in order, and POST /v1/jobs is the hottest route (after
     # the other routers it paid ~0.2 ms of regex matching per request). No two routers share
     # a path, so the order changes nothing else (only the order of paths in /openapi.json).
-    for module in (jobs, tenancy, inventory, data, plan, artifacts, audit):
+    for module in (jobs, tenancy, inventory, data, plan, artifacts, audit, metrics_route):
         app.include_router(module.router)
     _portal(app)
     _publish_job_configs(app)
+    # Server and SQL spans only when the OTEL_* variables ask for export (once a process).
+    tracing.configure("nuri-api")
+    tracing.instrument_engine(engine)
+    tracing.instrument_app(app)
     return app
 
 

@@ -13,6 +13,7 @@ from sqlmodel import Session
 from controlplane.api import limits
 from controlplane.auth import Origin, Principal, authenticate, trace_id_from
 from controlplane.db.types import utcnow
+from controlplane.observability import tracing
 from controlplane.settings import Settings
 
 # Dependencies that do no I/O are ``async`` so FastAPI runs them on the event loop instead of
@@ -73,7 +74,8 @@ def _authenticate(
     origin = Origin(
         source_ip=request.client.host if request.client else None,
         request_id=getattr(request.state, "request_id", None),
-        trace_id=trace_id_from(request.headers.get("traceparent")),
+        # The request's trace: its server span's when the API traces, else the caller's.
+        trace_id=trace_id_from(tracing.submission_traceparent(request.headers.get("traceparent"))),
     )
     principal = authenticate(
         session, authorization, utcnow(), settings.token_touch_interval_s, origin

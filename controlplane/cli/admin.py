@@ -126,7 +126,9 @@ def tokens_list(as_json: JsonOpt = False) -> None:
 def tokens_create(
     name: str,
     user: Annotated[str | None, typer.Option(help="user id or email (default: yourself)")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="read|write|admin (repeatable)")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="read|write|admin|metrics (repeatable)")
+    ] = None,
     expires_in_days: Annotated[int, typer.Option(min=1, max=730)] = 90,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the secret")] = False,
     as_json: JsonOpt = False,

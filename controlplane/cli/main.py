@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Annotated
@@ -20,6 +19,7 @@ from controlplane.client import NuriClient
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
 
     from controlplane.services.bootstrap import BootstrapResult
     from controlplane.settings import Settings
@@ -57,15 +57,17 @@ def up(
     from controlplane.api.app import create_app
     from controlplane.audit.checkpointer import AuditCheckpointer
     from controlplane.db.types import utcnow
+    from controlplane.observability import logs, tracing
     from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
     from controlplane.services.inventory import list_pools, pool_capacity
     from controlplane.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings()
     except ValueError as exc:
         fail(f"bad settings: {exc}", code=2)
+    logs.configure(settings.log_format)
+    tracing.configure("nuri")  # API and scheduler in one process: one service
     if port is not None:
         settings.port = port
     if host is not None:
@@ -74,6 +76,7 @@ def up(
     api = create_app(settings)
     boot = _announce_bootstrap(api, settings)
     engine = api.state.engine
+    _serve_metrics(settings, engine)
     if demo:
         summary = demo_seed.seed(engine, boot.admin_user_id, utcnow())
         console.print(
@@ -113,7 +116,12 @@ def up(
         # proxy_headers=False: X-Forwarded-For is believed only from NURI_TRUSTED_PROXIES,
         # by the app (uvicorn's default would believe any local process).
         uvicorn.run(
-            api, host=settings.host, port=settings.port, log_level="info", proxy_headers=False
+            api,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            log_config=logs.uvicorn_config(settings.log_format),
+            proxy_headers=False,
         )
     finally:
         checkpointer.stop()
@@ -121,6 +129,7 @@ def up(
             scheduler.stop()
         if ray:
             ray_runtime.stop()
+        tracing.shutdown()  # export what the scheduler and the API still hold
 
 
 @app.command("api")
@@ -139,19 +148,26 @@ def api_only(
     import uvicorn
 
     from controlplane.api.app import create_app
+    from controlplane.observability import logs, metrics
     from controlplane.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings()
     except ValueError as exc:
         fail(f"bad settings: {exc}", code=2)
+    logs.configure(settings.log_format)
     settings.port = port if port is not None else settings.port
     settings.host = host if host is not None else settings.host
     _refuse_taken_port(settings.host, settings.port)
+    # The workers are spawned with this environment: they count into one directory (summed
+    # by whichever answers /metrics), and know where they listen (a public address needs a
+    # token for /metrics), whatever --host said.
+    metrics.prepare_multiprocess(settings.ensure_home())
+    os.environ["NURI_HOST"] = settings.host
     # No background warm-up here: this process only migrates and bootstraps.
     api = create_app(settings.model_copy(update={"warm_planner": False}))
     _announce_bootstrap(api, settings)
+    _serve_metrics(settings, api.state.engine)
     api.state.engine.dispose()
     console.print(
         f"Nuri API at http://{settings.host}:{settings.port} with {workers} worker processes"
@@ -164,7 +180,22 @@ def api_only(
         workers=workers,
         log_level="info",
         proxy_headers=False,  # the app decides whom to believe (NURI_TRUSTED_PROXIES)
+        log_config=logs.uvicorn_config(settings.log_format),  # applied in each worker
     )
+
+
+def _serve_metrics(settings: Settings, engine: Engine) -> None:
+    """The metrics listener of NURI_METRICS_PORT, if set (the API port serves /metrics too)."""
+    from controlplane.observability import metrics
+
+    if settings.metrics_port is None:
+        return
+    host = settings.metrics_host or settings.host
+    try:
+        metrics.serve(host, settings.metrics_port, engine, settings.metrics_public)
+    except (ValueError, OSError) as exc:
+        fail(f"metrics listener: {exc}", code=2)
+    console.print(f"metrics at http://{host}:{settings.metrics_port}/metrics")
 
 
 def _refuse_taken_port(host: str, port: int) -> None:

@@ -55,6 +55,11 @@ def client() -> NuriClient:
     token = os.environ.get("NURI_TOKEN") or cfg.get("token")
     if not token:
         fail("not logged in: run `nuri login --token nuri_...` or set NURI_TOKEN", code=2)
+    from controlplane.observability import tracing
+
+    # With OTEL_* set, each request starts a trace and carries it to the server (`nuri
+    # submit`'s becomes the job's trace); spans are exported when the command exits.
+    tracing.configure("nuri-cli")
     return NuriClient(str(url), str(token))
 
 

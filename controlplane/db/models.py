@@ -282,6 +282,8 @@ class Job(SQLModel, table=True):
     admitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # W3C traceparent of the job's trace (the submission's; see observability.tracing).
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class JobEvent(SQLModel, table=True):

@@ -36,6 +36,7 @@ from controlplane.db.models import (
 )
 from controlplane.db.types import utcnow
 from controlplane.errors import NuriError, Unauthenticated
+from controlplane.observability import tracing
 from controlplane.portal import sessions, views
 from controlplane.services import (
     artifact_content,
@@ -320,6 +321,7 @@ def submit(
             utcnow(),
             settings.default_job_retries,
             settings.synthetic_allowed,
+            tracing.submission_traceparent(request.headers.get("traceparent")),
         )
     except (ValidationError, NuriError) as exc:
         session.rollback()

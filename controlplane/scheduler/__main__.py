@@ -7,7 +7,6 @@ others stand by), and by the restart tests, which kill it with SIGKILL mid-run.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ import ray
 
 import quotas
 from controlplane.db.engine import make_engine, migrate
+from controlplane.observability import logs, metrics, tracing
 from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
 from controlplane.settings import Settings
 
@@ -38,10 +38,19 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--grace-period", type=float, default=120.0)
     p.add_argument("--min-runtime", type=float, default=600.0)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=settings.metrics_port,
+        help="serve this scheduler's metrics (cycles, admissions, preemptions) on this port",
+    )
+    p.add_argument("--metrics-host", default=settings.metrics_host or settings.host)
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
+    tracing.configure("nuri-scheduler")
     engine = make_engine(args.database_url)
     migrate(engine)
+    tracing.instrument_engine(engine)
     ray.init(address=args.ray_address, namespace="nuri", log_to_driver=False)
     config = SchedulerConfig(
         jobs_root=Path(args.jobs_root),
@@ -51,12 +60,16 @@ def main() -> None:
         **({"holder": args.holder} if args.holder else {}),
     )
     service = SchedulerService(engine, RayExecutor(), config)
+    if args.metrics_port is not None:
+        # Events only: the cluster's state comes from the API's /metrics (no double count).
+        metrics.serve(args.metrics_host, args.metrics_port, None, settings.metrics_public)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     service.start()
     done.wait()
     service.stop()
+    tracing.shutdown()  # export the last cycles' spans before the process ends
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from controlplane.observability import tracing
 from controlplane.scheduler.supervisor import JobSupervisor
 
 log = logging.getLogger("nuri.scheduler.ray")
@@ -65,6 +66,8 @@ class LaunchSpec:
     assignment: tuple[tuple[str, int], ...]
     # The job's ExecutionPlan (workers.execution) as stored: the only thing the workers get.
     plan: dict[str, Any]
+    # W3C traceparent the supervisor's ``job.run`` span continues (observability.tracing).
+    traceparent: str | None = None
 
 
 class RayExecutor:
@@ -169,6 +172,7 @@ class RayExecutor:
             "plan": spec.plan,
             "placement_group": placement_group_name(spec.job_id, spec.attempt),
             "pool_resource": f"{POOL_PREFIX}{spec.pool}",
+            "traceparent": spec.traceparent,
         }
         ray.remote(JobSupervisor).options(
             name=supervisor_name(spec.job_id),
@@ -179,6 +183,7 @@ class RayExecutor:
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=0
             ),
+            **tracing.worker_options(),  # the OTEL_* settings, when this process traces
         ).remote(spec.job_id, spec.attempt, payload, [g for _, g in spec.assignment])
 
     # --- observe and control ---------------------------------------------------------------

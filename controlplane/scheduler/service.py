@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import Span
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -41,7 +43,8 @@ from controlplane.db.models import Job, JobEvent, Node
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidTransition
 from controlplane.jobstate import JobStatus, transition
-from controlplane.scheduler import lease, progress
+from controlplane.observability import metrics, tracing
+from controlplane.scheduler import lease, progress, spans
 from controlplane.scheduler.executor import (
     Inventory,
     LaunchSpec,
@@ -68,6 +71,12 @@ class CycleReport:
     unknown_nodes: tuple[str, ...] = ()
     error: str | None = None
     explained: bool = False  # this cycle refreshed the waiting jobs' reasons, position, ETA
+    # For the metrics (``observability.metrics.record_cycle``, once per leader cycle):
+    depth: int = 0  # waiting jobs the engine considered (Slurm's cycle depth)
+    waits: list[tuple[str, float]] = field(default_factory=list)  # (pool, s queued) per admit
+    backfilled: list[str] = field(default_factory=list)  # pool of each backfilled admission
+    preemptions: list[tuple[str, str]] = field(default_factory=list)  # (pool, reason) per victim
+    evictions: list[tuple[str, str]] = field(default_factory=list)  # (pool, reason) per requeue
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,15 @@ class SchedulerService:
         lease.fence(s, self.config.holder, self.token, now, self.config.lease_ttl_s)
 
     def tick(self) -> CycleReport:
+        """One cycle, traced as ``scheduler.cycle``: a trace of its own, linked to each job it
+        admitted, preempted or left waiting (``scheduler.spans``)."""
+        with tracing.cycle_span(self.config.holder) as span:
+            report = self._tick()
+            spans.cycle_done(span, report)
+        return report
+
+    def _tick(self) -> CycleReport:
+        started = time.monotonic()
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             self.token = lease.acquire(s, self.config.holder, now, self.config.lease_ttl_s)
@@ -137,6 +155,7 @@ class SchedulerService:
             report.error = str(exc)
             report.leader = False
             self.token = None
+        metrics.record_cycle(report, time.monotonic() - started)
         self.last_report = report
         return report
 
@@ -279,15 +298,17 @@ class SchedulerService:
 
     def _release(self, job: Job, ended_at: datetime, report: CycleReport) -> None:
         """The Ray side is gone: close usage and clear the assignment, once."""
+        started = time.time_ns()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, self.clock())
-            close_usage(s, job.id, job.attempt, ended_at)
+            gpu_seconds = close_usage(s, job.id, job.attempt, ended_at)
             s.execute(
                 update(Job)
                 .where(col(Job.id) == job.id, col(Job.attempt) == job.attempt)
                 .values(assignment=[])
             )
             s.commit()
+        spans.accounted(job, started, gpu_seconds, job.status)
         self._wake.set()
 
     def _finish(
@@ -378,9 +399,10 @@ class SchedulerService:
     ) -> None:
         now = self.clock()
         self.ray.teardown(job.id, job.attempt)
+        started = time.time_ns()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
-            close_usage(s, job.id, job.attempt, now)
+            gpu_seconds = close_usage(s, job.id, job.attempt, now)
             transition(
                 s,
                 job.id,
@@ -411,7 +433,9 @@ class SchedulerService:
                 },
             )
             s.commit()
+        spans.accounted(job, started, gpu_seconds, f"requeued: {code}")
         report.requeued.append(job.id)
+        report.evictions.append((job.pool or "", code))
         self._wake.set()
 
     def _mark_running(self, job: Job, report: CycleReport) -> None:
@@ -438,6 +462,7 @@ class SchedulerService:
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             snapshot = build(s, set(inventory.alive), now, self.config.engine)
+        report.depth = len(snapshot.pending)
         report.explained = self.should_explain(len(snapshot.pending), now)
         if not report.explained:
             snapshot = replace(snapshot, config=replace(snapshot.config, explain=False))
@@ -474,6 +499,7 @@ class SchedulerService:
                 job = s.get(Job, a.job_id)
                 if job is None or job.status != S.QUEUED.value:
                     continue
+                spans.admitted(s, job, a)
                 transition(
                     s,
                     a.job_id,
@@ -504,12 +530,17 @@ class SchedulerService:
                     },
                 )
                 report.admitted.append(a.job_id)
+                # updated_at: its last transition, the one into the queue.
+                report.waits.append((a.pool, (now - job.updated_at).total_seconds()))
+                if a.backfilled:
+                    report.backfilled.append(a.pool)
             for p in decisions.preempted:
                 deadline = datetime.fromtimestamp(p.grace_deadline, UTC)
                 for victim in p.victims:
                     job = s.get(Job, victim)
                     if job is None or job.status != S.RUNNING.value:
                         continue
+                    spans.preempting(job, p, deadline)
                     transition(
                         s,
                         victim,
@@ -537,6 +568,7 @@ class SchedulerService:
                     )
                     notices.append((victim, deadline))
                     report.preempted.append(victim)
+                    report.preemptions.append((job.pool or "", p.reason))
             for pend in decisions.pending:
                 reasons = [{"code": r.code, "message": r.message} for r in pend.reasons]
                 eta = datetime.fromtimestamp(pend.eta, UTC) if pend.eta else None
@@ -545,6 +577,7 @@ class SchedulerService:
                     .where(col(Job.id) == pend.job_id, col(Job.status) == S.QUEUED.value)
                     .values(reasons=reasons, queue_position=pend.position, eta=eta)
                 )
+            spans.link_waiting(s, decisions.pending, len(report.admitted) + len(report.preempted))
             s.commit()
         return notices
 
@@ -554,16 +587,21 @@ class SchedulerService:
     def _launch_all(self, jobs: list[Job], inventory: Inventory, report: CycleReport) -> None:
         """Launch admitted jobs together: Ray reserves their placement groups concurrently
         (see ``RayExecutor.launch_many``); each job then runs or goes back to the queue."""
-        ready: list[tuple[Job, LaunchSpec]] = []
+        ready: list[tuple[Job, LaunchSpec, Span]] = []
         for job in jobs:
+            span = spans.placing(job)
             with Session(self.db, expire_on_commit=False) as s:
                 decision = residency.placement(s, job, job.pool or "")
+            span.set_attribute("nuri.residency.policy_ids", list(decision.policy_ids))
             if not decision.allowed:
                 # Checked again at placement: labels may have changed since the engine decided.
-                self._unadmit(job, "residency_denied", "; ".join(decision.reasons) or "denied")
+                why = "; ".join(decision.reasons) or "denied"
+                self._unadmit(job, "residency_denied", why)
+                tracing.end(span, error=f"residency_denied: {why}")
                 continue
             plan = self._plan(job, report)
             if plan is None:
+                tracing.end(span, error="no execution plan")
                 continue
             spec = LaunchSpec(
                 job_id=job.id,
@@ -571,17 +609,20 @@ class SchedulerService:
                 pool=job.pool or "",
                 assignment=tuple((str(n), int(g)) for n, g in job.assignment),
                 plan=plan,
+                traceparent=tracing.traceparent_of(span) or job.traceparent,
             )
-            ready.append((job, spec))
+            ready.append((job, spec, span))
         if not ready:
             return
-        failed = self.ray.launch_many([spec for _, spec in ready], inventory.alive)
-        for job, _ in ready:
+        failed = self.ray.launch_many([spec for _, spec, _ in ready], inventory.alive)
+        for job, _, span in ready:
             failure = failed.get(job.id)
             if failure is not None:
                 self._unadmit(job, "placement_failed", str(failure))
+                tracing.end(span, error=f"placement_failed: {failure}")
             else:
                 self._mark_running(job, report)
+                tracing.end(span)
 
     def _plan(self, job: Job, report: CycleReport) -> dict[str, Any] | None:
         """Resolve the admitted job into its ExecutionPlan and store it with the job (the

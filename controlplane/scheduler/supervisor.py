@@ -22,12 +22,18 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from controlplane.observability import tracing
+
 RANK_STATES = ("starting", "running", "succeeded", "failed", "preempted")
+ENDED = ("succeeded", "failed", "preempted")
 
 
 class RankWorker:
     """One rank: one GPU of a bundle (one per bundle for the synthetic payload). Runs its
-    payload in a thread so that ``poll`` and ``stop`` are served while it works."""
+    payload in a thread so that ``poll`` and ``stop`` are served while it works.
+
+    Traced as ``job.rank`` under the supervisor's ``job.run``: checkpoints, sampled steps and
+    the stop request are its events; it is exported before ``poll`` first reports the end."""
 
     def __init__(
         self,
@@ -37,6 +43,7 @@ class RankWorker:
         world_size: int,
         local_rank: int,
         plan: dict[str, Any],
+        traceparent: str | None = None,
     ) -> None:
         self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
         self.local_rank = local_rank
@@ -47,6 +54,19 @@ class RankWorker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        tracing.configure("nuri-worker")
+        self._span = tracing.start_span(
+            "job.rank",
+            traceparent,
+            {
+                "nuri.job.id": job_id,
+                "nuri.job.attempt": attempt,
+                "nuri.rank": rank,
+                "nuri.world_size": world_size,
+                "nuri.local_rank": local_rank,
+            },
+        )
+        self._exported = False
 
     def endpoint(self) -> tuple[str, int]:
         """This rank's address and a free port: rank 0's is everyone's rendezvous."""
@@ -64,6 +84,13 @@ class RankWorker:
     def _emit(self, event: dict[str, Any]) -> None:
         with self._lock:
             self.events.append({**event, "at": time.time(), "rank": self.rank})
+        kind = event.get("type")
+        if kind == "checkpoint":
+            step, uri = int(event.get("step", 0)), str(event.get("uri"))
+            self._span.add_event("checkpoint", {"nuri.step": step, "nuri.checkpoint.uri": uri})
+        elif kind == "metric" and tracing.sampled_step(int(event.get("step", 0))):
+            values = {f"nuri.metric.{k}": float(v) for k, v in event.get("values", {}).items()}
+            self._span.add_event("step", {"nuri.step": int(event["step"]), **values})
 
     def _from_worker(self, event: dict[str, Any]) -> None:
         """Translate a ``workers`` report event into the supervisor's event stream."""
@@ -85,49 +112,61 @@ class RankWorker:
     def _run(self, master: tuple[str, int]) -> None:
         self.state = "running"
         try:
-            from workers.confine import confine_job
-            from workers.execution import ExecutionPlan, job_spec, synthetic_knobs
-
-            plan = ExecutionPlan.from_dict(self.plan)
-            # From here on this thread (and all it starts) reads only its inputs and the
-            # software it runs, and writes only in its own job directory: kernel-enforced.
-            confinement = confine_job(Path(plan.dirs.root))
-            self._emit({"type": "log", "line": confinement.describe()})
-            if plan.payload == "synthetic":
-                from workers import synthetic
-
-                knobs = synthetic_knobs(plan).model_dump()
-                self.state = synthetic.run(
-                    synthetic.SyntheticConfig.from_config(knobs),
-                    Path(plan.dirs.checkpoints),
-                    self.rank,
-                    self.world_size,
-                    self._stop.is_set,
-                    self._emit,
-                )
-                return
-            # The real loops: one torch.distributed rank per GPU, applying the plan exactly.
-            from workers.reporting import CallbackReporter
-            from workers.runtime import run_rank
-
-            os.environ["LOCAL_RANK"] = str(self.local_rank)
-            result = run_rank(
-                job_spec(plan),
-                self.rank,
-                self.world_size,
-                master,
-                self._stop.is_set,
-                CallbackReporter(self._from_worker),
-            )
-            self.state = result.status if result.status in RANK_STATES else "failed"
-            if self.state == "failed":
-                self.error = str(getattr(result, "error", "") or "the payload failed")
+            state = self._work(master)
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._emit({"type": "log", "line": traceback.format_exc(limit=5)})
-            self.state = "failed"
+            state = "failed"
+        # The span ends before the state says so: ``poll`` exports it when it reports the end.
+        failed = (self.error or "the payload failed") if state == "failed" else None
+        tracing.end(self._span, {"nuri.job.outcome": state}, error=failed)
+        self.state = state
+
+    def _work(self, master: tuple[str, int]) -> str:
+        """Run the plan's payload in this thread; returns how the rank ended."""
+        from workers.confine import confine_job
+        from workers.execution import ExecutionPlan, job_spec, synthetic_knobs
+
+        plan = ExecutionPlan.from_dict(self.plan)
+        # From here on this thread (and all it starts) reads only its inputs and the
+        # software it runs, and writes only in its own job directory: kernel-enforced.
+        confinement = confine_job(Path(plan.dirs.root))
+        self._emit({"type": "log", "line": confinement.describe()})
+        if plan.payload == "synthetic":
+            from workers import synthetic
+
+            knobs = synthetic_knobs(plan).model_dump()
+            return synthetic.run(
+                synthetic.SyntheticConfig.from_config(knobs),
+                Path(plan.dirs.checkpoints),
+                self.rank,
+                self.world_size,
+                self._stop.is_set,
+                self._emit,
+            )
+        # The real loops: one torch.distributed rank per GPU, applying the plan exactly.
+        from workers.reporting import CallbackReporter
+        from workers.runtime import run_rank
+
+        os.environ["LOCAL_RANK"] = str(self.local_rank)
+        result = run_rank(
+            job_spec(plan),
+            self.rank,
+            self.world_size,
+            master,
+            self._stop.is_set,
+            CallbackReporter(self._from_worker),
+        )
+        state = result.status if result.status in RANK_STATES else "failed"
+        if state == "failed":
+            self.error = str(getattr(result, "error", "") or "the payload failed")
+        return state
 
     def poll(self, after: int) -> dict[str, Any]:
+        if self.state in ENDED and not self._exported:
+            # Before the supervisor learns the rank ended: the actor may be killed soon after.
+            tracing.flush()
+            self._exported = True
         with self._lock:
             return {
                 "state": self.state,
@@ -138,12 +177,19 @@ class RankWorker:
             }
 
     def stop(self) -> None:
+        if self.state not in ENDED:  # an ended span takes no more events
+            self._span.add_event("stop requested")
         self._stop.set()
 
 
 class JobSupervisor:
     """Stages the plan's inputs, starts one rank per GPU in the placement group's bundles,
-    and answers the control plane."""
+    and answers the control plane.
+
+    Traced as ``job.run``, continuing the scheduler's ``job.place`` (``spec["traceparent"]``):
+    staging and the preemption notice are its events, the ranks' spans its children. It is
+    exported before ``status`` first reports the end (the control plane kills the actor next).
+    """
 
     def __init__(
         self, job_id: str, attempt: int, spec: dict[str, Any], bundle_gpus: list[int]
@@ -161,6 +207,20 @@ class JobSupervisor:
         self._stopping = False
         self._status_lock = threading.Lock()
         self._buffer: list[dict[str, Any]] = []
+        tracing.configure("nuri-worker")
+        self._span = tracing.start_span(
+            "job.run",
+            spec.get("traceparent"),
+            {
+                "nuri.job.id": job_id,
+                "nuri.job.attempt": attempt,
+                "nuri.job.kind": self.plan["kind"],
+                "nuri.job.payload": self.plan["payload"],
+                "nuri.placement.group": spec["placement_group"],
+                "nuri.placement.gpus": bundle_gpus,
+            },
+        )
+        self._span_open = True
         # Staging can take long (large inputs): the actor answers status calls meanwhile.
         threading.Thread(target=self._start, name=f"nuri-start-{job_id}", daemon=True).start()
 
@@ -199,6 +259,14 @@ class JobSupervisor:
         for r in records:  # where inside the job's own directory, not where on the server
             r["local_path"] = str(Path(r["local_path"]).relative_to(plan.dirs.root))
         self._record({"type": "staged", "records": records})
+        self._span.add_event(
+            "inputs staged",
+            {
+                "nuri.inputs": len(records),
+                "nuri.inputs.bytes": sum(int(r["size_bytes"]) for r in records),
+                "nuri.inputs.reused": sum(1 for r in records if r.get("reused")),
+            },
+        )
         for r in records:
             how = "reused" if r.get("reused") else "staged"
             self._record(
@@ -221,6 +289,8 @@ class JobSupervisor:
             for local in range(gpus if per_gpu else 1)
         ]
         world = len(layout)
+        self._span.set_attribute("nuri.world_size", world)
+        run_span = tracing.traceparent_of(self._span)  # each rank's span is a child of it
         ranks: list[Any] = [
             worker_cls.options(
                 num_cpus=0,
@@ -230,7 +300,8 @@ class JobSupervisor:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=bundle
                 ),
-            ).remote(self.job_id, self.attempt, rank, world, local, self.plan)
+                **tracing.worker_options(),  # this actor's OTEL_* settings, as it got them
+            ).remote(self.job_id, self.attempt, rank, world, local, self.plan, run_span)
             for rank, (bundle, gpus, local) in enumerate(layout)
         ]
         master = ray.get(ranks[0].endpoint.remote(), timeout=120)
@@ -279,6 +350,12 @@ class JobSupervisor:
             state = "preempted"
         else:
             state = "running"
+        if state != "running" and self._span_open:
+            # Exported before the control plane hears of the end and kills this actor.
+            self._span_open = False
+            failed = ("; ".join(errors) or "a rank failed") if state == "failed" else None
+            tracing.end(self._span, {"nuri.job.outcome": state}, error=failed)
+            tracing.flush()
         return {
             "attempt": self.attempt,
             "state": state,
@@ -312,6 +389,8 @@ class JobSupervisor:
     def preempt(self, deadline: float) -> None:
         """Ask every rank to checkpoint and stop; the control plane kills us at ``deadline``."""
         self.preempt_deadline = deadline
+        if self._span_open:
+            self._span.add_event("preemption notice", {"nuri.preemption.deadline": deadline})
         self.stop()
 
     def stop(self) -> None:

@@ -262,11 +262,13 @@ def submit(
     now: datetime,
     max_retries: int,
     allow_synthetic: bool = True,
+    traceparent: str | None = None,
 ) -> tuple[schemas.JobPublic, bool]:
     """Persist a QUEUED job and its first event in one transaction.
 
     Returns (job, created). A repeat of the same ``Idempotency-Key`` with the same body returns
-    the original job (created=False); with a different body it is a 409.
+    the original job (created=False); with a different body it is a 409. ``traceparent``: the
+    submission's trace, which the job's later spans continue (``observability.tracing``).
     """
     caller.require_write()
     member_id = caller.require_member()
@@ -342,6 +344,7 @@ def submit(
         "admitted_at": None,
         "started_at": None,
         "finished_at": None,
+        "traceparent": traceparent,
     }
     event: dict[str, Any] = {
         "job_id": row["id"],

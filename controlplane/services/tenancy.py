@@ -12,7 +12,7 @@ from controlplane import tokens
 from controlplane.api import schemas
 from controlplane.audit import log as audit_log
 from controlplane.audit.chain import PLATFORM_STREAM as PLATFORM
-from controlplane.auth import Principal, default_scopes
+from controlplane.auth import Principal, allowed_scopes, default_scopes
 from controlplane.db.models import ApiToken, Member, Role, User
 from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, Forbidden, InvalidRequest, NotFound, NuriError
@@ -312,8 +312,8 @@ def create_token(
         raise Forbidden("only admins issue tokens for other users")
     if target.disabled:
         raise InvalidRequest("the user is disabled", code="user_disabled")
-    allowed = default_scopes(Role(target.role))
-    scopes = body.scopes if body.scopes is not None else allowed
+    allowed = allowed_scopes(Role(target.role))
+    scopes = body.scopes if body.scopes is not None else default_scopes(Role(target.role))
     extra = sorted(set(scopes) - set(allowed))
     if extra or not scopes:
         raise InvalidRequest(

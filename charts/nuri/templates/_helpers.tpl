@@ -61,6 +61,29 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ printf "ray://%s:10001" (include "nuri.rayHead" .) | quote }}
 - name: RAY_AUTH_MODE
   value: disabled
+{{- with (.Values.tracing | default dict).otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The metrics listener on the pod's own address (see values: metrics). */}}
+{{- define "nuri.metricsEnv" -}}
+- name: POD_IP
+  valueFrom: {fieldRef: {fieldPath: status.podIP}}
+- name: NURI_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+- name: NURI_METRICS_HOST
+  value: "$(POD_IP)"
+{{- end -}}
+
+{{- define "nuri.metricsAnnotations" -}}
+{{- if .Values.metrics.podAnnotations }}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ .Values.metrics.port | quote }}
+  prometheus.io/path: /metrics
+{{- end }}
 {{- end -}}
 
 {{- define "nuri.containerSecurity" -}}

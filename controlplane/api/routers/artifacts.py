@@ -15,6 +15,7 @@ from controlplane.auth import Origin, trace_id_from
 from controlplane.db.models import JobKind, Pool
 from controlplane.db.types import utcnow
 from controlplane.errors import InvalidRequest
+from controlplane.observability import tracing
 from controlplane.services import artifact_content, artifacts, jobs, policies
 
 router = APIRouter(prefix="/v1")
@@ -90,7 +91,8 @@ def get_artifact_content(
     origin = Origin(
         source_ip=request.client.host if request.client else None,
         request_id=getattr(request.state, "request_id", None),
-        trace_id=trace_id_from(request.headers.get("traceparent")),
+        # The request's trace: its server span's when the API traces, else the caller's.
+        trace_id=trace_id_from(tracing.submission_traceparent(request.headers.get("traceparent"))),
     )
     content = artifact_content.fetch(
         session,

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from controlplane.api import schemas
 from controlplane.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, principal_for
 from controlplane.db.types import utcnow
+from controlplane.observability import logs, tracing
 from controlplane.services import jobs
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -35,6 +36,8 @@ async def submit_job(
 ) -> schemas.JobPublic:
     # The API's hottest route: authentication and the submission share one session and one
     # trip to the thread pool (a sync dependency plus a sync endpoint would be two).
+    traceparent = tracing.submission_traceparent(request.headers.get("traceparent"))
+
     def work() -> tuple[schemas.JobPublic, bool]:
         with Session(request.app.state.engine, expire_on_commit=False) as session:
             # Only reads happen in this session (the rows are written by the group commit,
@@ -52,9 +55,11 @@ async def submit_job(
                 utcnow(),
                 settings.default_job_retries,
                 settings.synthetic_allowed,
+                traceparent,
             )
 
     job, created = await run_in_threadpool(work)
+    logs.bind(job_id=job.id, member_id=job.member_id)  # on this request's access log line
     wake = getattr(request.app.state, "scheduler_wake", None)
     if created and wake is not None:
         wake()  # event-driven: a submission triggers a cycle (the periodic tick is the floor)

@@ -184,7 +184,7 @@ def test_external_database_and_existing_secret() -> None:
     refs = {
         e["valueFrom"]["secretKeyRef"]["name"]
         for e in api["containers"][0]["env"]
-        if "valueFrom" in e
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert refs == {"vault-synced"}
     assert api["volumes"][0]["secret"]["secretName"] == "vault-synced"

@@ -412,10 +412,16 @@ def test_short_job_backfills_and_long_job_may_not_delay_the_head() -> None:
         )
     )
     assert set(admitted(decisions)) == {"short"}
+    assert [a.backfilled for a in decisions.admitted] == [True]  # nuri_backfilled_jobs_total
     (reservation,) = decisions.reservations
     assert (reservation.job_id, reservation.start) == ("head", NOW + 1000)
     assert decisions.pending_by_id()["head"].eta == NOW + 1000
     assert first_reason(decisions, "long") == codes.RESERVED_FOR_HEAD
+
+
+def test_an_admission_with_no_reservation_held_is_no_backfill() -> None:
+    decisions = run(cluster().pool(nodes=2).member("m1", nominal=64).pending(make_job("a").gpus(8)))
+    assert [(a.job_id, a.backfilled) for a in decisions.admitted] == [("a", False)]
 
 
 def test_long_job_backfills_where_the_head_will_not_need_the_gpus() -> None:
