@@ -19,6 +19,16 @@ BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0  # generous: on a loaded machine `nuri up` starts Ray slowly
 
 
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Terminate ``proc`` and wait for it; killed when it outlives ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,8 @@ from sqlmodel import Session, col, func, select
 from controlplane.db.models import Job, JobEvent, Member
 from controlplane.observability.metrics import EVENTS
 from tests.conftest import ADMIN_TOKEN, bearer, ok
-from tests.e2e.server import free_port
+from tests.e2e.server import free_port, stop
+from tests.integration.observability import promtool
 from tests.integration.scheduler import conftest as scheduler_world
 from tests.integration.scheduler.conftest import POOL, Env
 
@@ -91,12 +92,7 @@ def prometheus(tmp: Path, target: str) -> Iterator[str]:
         assert proc.poll() is None, log.read_text()
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc, timeout=30)
 
 
 def _ready(url: str) -> bool:
@@ -262,11 +258,6 @@ def test_prometheus_sees_what_the_database_holds(env: Env, tmp_path: Path) -> No
 
         # promtool lints what Prometheus scraped.
         exposition = httpx.get(f"http://{target}/metrics", timeout=30).text
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is not installed; run `make prometheus`"
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True
-    )
-    assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+    promtool.assert_clean(exposition)
     for name in ("nuri_pending_jobs", "nuri_admission_attempts_total", "nuri_gpus_nominal"):
         assert name in exposition

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import free_port
+from tests.e2e.server import free_port, stop
 from tests.integration.scheduler import conftest as scheduler_world
 from tests.integration.scheduler.conftest import POOL, WAIT_S, Env
 
@@ -79,9 +79,4 @@ def test_a_standalone_scheduler_serves_its_own_events(env: Env, ray_cluster: Any
         assert seen["nuri_scheduler_cycle_duration_seconds_count"][()] >= admitted
         assert "nuri_pending_jobs" not in seen and "nuri_gpus_in_use" not in seen
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc, timeout=60)

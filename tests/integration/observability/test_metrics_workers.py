@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.server import free_port, nuri_server
+from tests.integration.observability import promtool
 
 ADMIN = "nuri-metrics-workers-admin-token-0123456789abcdef"
 WAIT_S = 120.0
@@ -67,9 +66,4 @@ def test_counters_of_both_workers_are_summed(tmp_path: Path) -> None:
         assert unmatched_requests(parent) == sent
         assert "# TYPE nuri_pending_jobs gauge" in parent
         exposition = httpx.get(f"{url}/metrics", timeout=30).text
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is not installed; run `make prometheus`"
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True
-    )
-    assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+    promtool.assert_clean(exposition)

@@ -1,9 +1,10 @@
-"""One trace per job through the real API and the real scheduler, read from the in-memory
+"""One trace per job through the real API, the real scheduler and Ray, read from the in-memory
 exporter: what ``job.admit`` says, the cycle's links, attempts after a preemption, the trace a
 scheduler starts for a job submitted without one, and JSON log lines with the job's trace id.
 
-Ray is replaced by :class:`FakeRay` (what the scheduler asks of Ray, answered at once): the
-spans from the Ray actors and the cross-process export are in ``test_tracing_processes``.
+The scheduler runs on the real local Ray cluster of the scheduler tests (its jobs run the
+synthetic payload); the spans of the Ray actors themselves, exported from their own processes,
+are checked in ``test_tracing_processes``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,57 +27,17 @@ from opentelemetry.trace import NonRecordingSpan
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-import quotas
 from controlplane.db.models import Job
-from controlplane.db.types import utcnow
 from controlplane.observability import logs, tracing
-from controlplane.scheduler import SchedulerConfig, SchedulerService
-from controlplane.scheduler.executor import Inventory, LaunchSpec
 from tests.conftest import bearer, make_client, ok
-from tests.integration.scheduler.conftest import POOL, setup_world
+from tests.integration.scheduler import conftest as scheduler_world
+from tests.integration.scheduler.conftest import POOL, Env
+
+# The scheduler tests' fixtures: a real multi-node Ray and a world on SQLite served by it.
+ray_cluster = scheduler_world.ray_cluster
+env = scheduler_world.env
 
 SYNTHETIC = {"payload": "synthetic", "steps": 3, "step_seconds": 0.1}
-
-
-class FakeRay:
-    """Every registered node alive, launches that succeed, supervisors in ``state``."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, str] = {}
-        self.launched: list[LaunchSpec] = []
-
-    def inventory(self, registered: set[str]) -> Inventory:
-        return Inventory(alive={n: f"ray-{n}" for n in registered})
-
-    def launch_many(self, specs: list[LaunchSpec], alive: dict[str, str]) -> dict[str, Any]:
-        self.launched.extend(specs)
-        self.state.update({s.job_id: "running" for s in specs})
-        return {}
-
-    def status_many(self, jobs: list[tuple[str, int, int]]) -> dict[str, Any]:
-        return {
-            job_id: {"attempt": attempt, "state": self.state[job_id], "errors": [], "events": []}
-            if job_id in self.state
-            else None
-            for job_id, attempt, _ in jobs
-        }
-
-    def preempt(self, job_id: str, deadline: float) -> None:
-        self.state[job_id] = "preempted"  # checkpointed and stopped at once
-
-    def teardown(self, job_id: str, attempt: int) -> None:
-        self.state.pop(job_id, None)
-
-
-class Clock:
-    """A second per reading: attempts have lengths, the lease never lapses."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
 
 
 @dataclass
@@ -109,15 +69,6 @@ def traced() -> Iterator[Traced]:
         provider.shutdown()
 
 
-def scheduler(engine: Engine, tmp: Path, ray: FakeRay) -> SchedulerService:
-    config = SchedulerConfig(
-        jobs_root=tmp / "jobs",
-        lease_ttl_s=3600,
-        engine=quotas.EngineConfig(grace_period=8.0, min_runtime=0.0),
-    )
-    return SchedulerService(engine, ray, config, clock=Clock())  # type: ignore[arg-type]
-
-
 def submit(client: TestClient, token: str, **body: Any) -> dict[str, Any]:
     headers = {**bearer(token), **body.pop("headers", {})}
     job = {"kind": "finetune", "model": "axk1-tiny", "config": SYNTHETIC, **body}
@@ -138,11 +89,31 @@ def trace_of(engine: Engine, job_id: str) -> int:
     return ctx.trace_id
 
 
+def cycle_that(traced: Traced, decision: str, job_id: str) -> ReadableSpan:
+    """The first ``scheduler.cycle`` span with a link saying ``decision`` about ``job_id``."""
+    for cycle in traced.named("scheduler.cycle"):
+        for link in cycle.links:
+            attrs = link.attributes or {}
+            if attrs.get("nuri.job.id") == job_id and attrs.get("nuri.decision") == decision:
+                return cycle
+    raise AssertionError(f"no cycle {decision} {job_id}")
+
+
+def tick_until_admitted(env: Env) -> list[str]:
+    """Cycles until one admits something: the jobs it admitted."""
+    deadline = time.monotonic() + scheduler_world.WAIT_S
+    while time.monotonic() < deadline:
+        admitted = env.service.tick().admitted
+        if admitted:
+            return admitted
+        time.sleep(0.3)  # poll interval
+    raise AssertionError("nothing admitted in time")
+
+
 def test_admission_placement_and_accounting_continue_the_submissions_trace(
-    engine: Engine, traced: Traced, tmp_path: Path
+    traced: Traced, env: Env
 ) -> None:
-    client = make_client(engine)
-    alpha, _ = setup_world(client)
+    engine, client, alpha = env.engine, env.client, env.alpha
     caller = f"00-{'ab' * 16}-{'cd' * 8}-01"  # a pipeline's own trace
     pipeline = tracing.parse_traceparent(caller)
     assert pipeline is not None
@@ -154,8 +125,6 @@ def test_admission_placement_and_accounting_continue_the_submissions_trace(
     servers = {s.context.trace_id for s in traced.named("POST /v1/jobs")}
     assert {trace_of(engine, j["id"]) for j in (first, second)} <= servers
 
-    ray = FakeRay()
-    svc = scheduler(engine, tmp_path, ray)
     out = io.StringIO()
     handler = logs.handler("json")
     handler.setStream(out)  # type: ignore[attr-defined]
@@ -163,15 +132,15 @@ def test_admission_placement_and_accounting_continue_the_submissions_trace(
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:
-        report = svc.tick()
+        admitted = tick_until_admitted(env)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    (admitted_id,) = report.admitted
+    (admitted_id,) = admitted
     (waiting_id,) = {first["id"], second["id"]} - {admitted_id}
     waiting_reason = stored(engine, waiting_id).reasons[0]["code"]
 
-    (cycle,) = traced.named("scheduler.cycle")
+    cycle = cycle_that(traced, "admitted", admitted_id)
     assert cycle.parent is None, "a cycle is a trace of its own"
     links = {link.attributes["nuri.job.id"]: link for link in cycle.links if link.attributes}
     assert set(links) == {admitted_id, waiting_id}, "every job it considered"
@@ -185,7 +154,7 @@ def test_admission_placement_and_accounting_continue_the_submissions_trace(
     for job_id, link in links.items():
         assert link.context.trace_id == trace_of(engine, job_id)
 
-    (admit,) = traced.named("job.admit")
+    (admit,) = [s for s in traced.named("job.admit") if s.attributes["nuri.job.id"] == admitted_id]
     job = stored(engine, admitted_id)
     submission = tracing.parse_traceparent(job.traceparent)
     assert submission is not None and admit.parent is not None
@@ -207,16 +176,17 @@ def test_admission_placement_and_accounting_continue_the_submissions_trace(
     assert place.context.trace_id == submission.trace_id
     assert (place.attributes or {})["nuri.placement.group"] == f"nuri-job-{admitted_id}-a1"
     assert list((place.attributes or {})["nuri.placement.nodes"]) == [n for n, _ in job.assignment]
-    (spec,) = ray.launched
-    assert spec.traceparent == tracing.format_traceparent(place.context), "job.run's parent"
 
-    (line,) = [json.loads(x) for x in out.getvalue().splitlines() if "admitting" in x]
+    lines = [json.loads(x) for x in out.getvalue().splitlines() if "admitting" in x]
+    line = next(x for x in lines if x["job_id"] == admitted_id)
     assert line["trace_id"] == f"{submission.trace_id:032x}"
-    assert (line["job_id"], line["member_id"]) == (admitted_id, job.member_id)
+    assert line["member_id"] == job.member_id
 
-    ray.state[admitted_id] = "succeeded"
-    assert svc.tick().finished == {admitted_id: "SUCCEEDED"}
-    (account,) = traced.named("job.account")
+    # The synthetic job runs on Ray and succeeds: its attempt is accounted in its trace.
+    env.until_status(admitted_id, "SUCCEEDED")
+    (account,) = [
+        s for s in traced.named("job.account") if s.attributes["nuri.job.id"] == admitted_id
+    ]
     assert account.context.trace_id == submission.trace_id
     attrs = account.attributes or {}
     assert attrs["nuri.usage.gpu_seconds"] > 0 and attrs["nuri.job.outcome"] == "SUCCEEDED"
@@ -224,31 +194,23 @@ def test_admission_placement_and_accounting_continue_the_submissions_trace(
     assert {s.context.trace_id for s in traced.of_job(admitted_id)} == {submission.trace_id}
 
 
-def test_a_preempted_job_keeps_one_trace_across_its_attempts(
-    engine: Engine, traced: Traced, tmp_path: Path
-) -> None:
-    client = make_client(engine)
-    alpha, beta = setup_world(client)
-    borrower = submit(client, alpha, gpus=16, nodes=2)
-    ray = FakeRay()
-    svc = scheduler(engine, tmp_path, ray)
-    assert svc.tick().admitted == [borrower["id"]]
-    owner = submit(client, beta, gpus=16, nodes=2, priority_class="training")
-    assert svc.tick().preempted == [borrower["id"]]
+def test_a_preempted_job_keeps_one_trace_across_its_attempts(traced: Traced, env: Env) -> None:
+    engine, client = env.engine, env.client
+    long_run = {"payload": "synthetic", "steps": 400, "step_seconds": 0.1, "checkpoint_every": 2}
+    borrower = submit(client, env.alpha, gpus=16, nodes=2, config=long_run)
+    env.until_status(borrower["id"], "RUNNING")
+    owner = submit(client, env.beta, gpus=16, nodes=2, priority_class="training")
+    env.run_until(lambda: stored(engine, borrower["id"]).attempt == 2)  # preempted, requeued
+    env.until_status(owner["id"], "SUCCEEDED")
+    env.run_until(lambda: _admitted_twice(traced, borrower))
 
     (notice,) = traced.named("job.preempt")
     assert (notice.attributes or {})["nuri.preemption.reason"] == "reclaim"
     assert (notice.attributes or {})["nuri.preemption.for_job"] == owner["id"]
-    cycle = traced.named("scheduler.cycle")[-1]
+    cycle = cycle_that(traced, "preempted", borrower["id"])
     links = {link.attributes["nuri.job.id"]: link.attributes for link in cycle.links}
-    assert links[borrower["id"]]["nuri.decision"] == "preempted"
     assert links[borrower["id"]]["nuri.reason"] == "reclaim"
     assert links[owner["id"]]["nuri.decision"] == "waiting"
-
-    svc.tick()  # the borrower stopped: requeued (attempt 2), the owner admitted
-    ray.state[owner["id"]] = "succeeded"
-    svc.tick()  # the owner is done: the borrower's second attempt is admitted
-    assert stored(engine, borrower["id"]).attempt == 2
 
     spans = traced.of_job(borrower["id"])
     assert {s.context.trace_id for s in spans} == {trace_of(engine, borrower["id"])}
@@ -269,19 +231,18 @@ def test_a_preempted_job_keeps_one_trace_across_its_attempts(
     assert (account.attributes or {})["nuri.job.outcome"] == "requeued: preempted"
 
 
-def test_a_job_submitted_without_a_trace_gets_one_at_admission(
-    sqlite_engine: Engine, traced: Traced, tmp_path: Path
-) -> None:
+def _admitted_twice(traced: Traced, job: dict[str, Any]) -> bool:
+    return len([s for s in traced.of_job(job["id"]) if s.name == "job.place"]) == 2
+
+
+def test_a_job_submitted_without_a_trace_gets_one_at_admission(traced: Traced, env: Env) -> None:
     tracing.activate(None)  # the API does not trace, and the caller sent no traceparent
-    client = make_client(sqlite_engine)
-    alpha, _ = setup_world(client)
-    job = submit(client, alpha, gpus=8)
-    assert stored(sqlite_engine, job["id"]).traceparent is None
+    job = submit(make_client(env.engine), env.alpha, gpus=8)
+    assert stored(env.engine, job["id"]).traceparent is None
     tracing.activate(traced.provider)  # the scheduler does
-    svc = scheduler(sqlite_engine, tmp_path, FakeRay())
-    assert svc.tick().admitted == [job["id"]]
+    env.run_until(lambda: bool(traced.named("job.place")))
     (admit,) = traced.named("job.admit")
     assert admit.parent is None, "the admission is the root of the job's trace"
-    assert stored(sqlite_engine, job["id"]).traceparent == tracing.format_traceparent(admit.context)
+    assert stored(env.engine, job["id"]).traceparent == tracing.format_traceparent(admit.context)
     (place,) = traced.named("job.place")
     assert place.parent is not None and place.parent.span_id == admit.context.span_id
