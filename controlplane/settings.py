@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane import tokens
+from controlplane.k8s.core import parse_selector
 
 
 class Settings(BaseSettings):
@@ -76,6 +77,23 @@ class Settings(BaseSettings):
     # member it was about (``controlplane.observability.logs``). Tracing itself is set by
     # the standard OTEL_* variables, not here.
     log_format: Literal["text", "json"] = "text"
+    # Kubernetes inventory (``controlplane.k8s``): off, or read Nodes with the pod's service
+    # account (``incluster``) or a kubeconfig (``NURI_K8S_KUBECONFIG``, else ~/.kube/config).
+    # The pool label names a registered pool; the selector (equality terms, "a=b,c") narrows
+    # the nodes read; taints listed as tolerated do not count as cordons.
+    k8s_inventory: Literal["off", "incluster", "kubeconfig"] = "off"
+    k8s_kubeconfig: Path | None = None
+    k8s_context: str | None = None
+    k8s_pool_label: str = "nuri.io/pool"
+    k8s_node_selector: str = ""
+    k8s_tolerated_taints: str = "nvidia.com/gpu"
+
+    @field_validator("k8s_node_selector")
+    @classmethod
+    def _selector_parses(cls, value: str) -> str:
+        """Refuse at start a selector the inventory could not apply on the client side."""
+        parse_selector(value)
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

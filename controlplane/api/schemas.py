@@ -190,6 +190,11 @@ class NodePublic(Output):
     status: str
     ray_node_id: str | None
     created_at: datetime
+    # Kubernetes inventory (controlplane.k8s): "k8s" when it owns the node, why it is
+    # quarantined, and the pool label / region / zone the cluster last reported.
+    source: str | None = None
+    quarantine_reason: str | None = None
+    observed: dict[str, str | None] | None = None
 
 
 class PriorityClassPublic(Output):

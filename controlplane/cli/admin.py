@@ -234,7 +234,7 @@ def nodes_create(
 @nodes.command("set-status")
 def nodes_set_status(
     ref: str,
-    status: Annotated[str, typer.Argument(help="ready|cordoned|down")],
+    status: Annotated[str, typer.Argument(help="ready|cordoned|down|quarantined")],
     as_json: JsonOpt = False,
 ) -> None:
     _show(call(lambda c: c.update("nodes", ref, {"status": status})), as_json)

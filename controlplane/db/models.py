@@ -48,9 +48,14 @@ class JobKind(StrEnum):
 
 
 class NodeStatus(StrEnum):
+    """``quarantined``: the node's observed location contradicts its pool (Kubernetes
+    inventory, ``controlplane.k8s``); like ``cordoned``, running work stays and nothing new
+    lands, but only an admin moves it out (to ``ready``), never the reconciler."""
+
     READY = "ready"
     CORDONED = "cordoned"
     DOWN = "down"
+    QUARANTINED = "quarantined"
 
 
 # --- tenancy -------------------------------------------------------------------------------
@@ -144,6 +149,13 @@ class Node(SQLModel, table=True):
     gpus: int
     status: str = Field(default=NodeStatus.READY.value, max_length=20)
     ray_node_id: str | None = Field(default=None, max_length=64)
+    # "k8s" when the Kubernetes inventory owns the row (and may remove it); None: by hand.
+    source: str | None = Field(default=None, max_length=20)
+    # Why the node is quarantined (the contradictions seen), shown to admins.
+    quarantine_reason: str | None = Field(default=None, max_length=1000)
+    # The pool label, region and zone the cluster last reported ({"pool", "region", "zone"});
+    # placement re-checks them against the pool every cycle. None: never observed.
+    observed: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -67,7 +67,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     service.start()
+    # The Kubernetes inventory (NURI_K8S_INVENTORY), written by the leader only.
+    from controlplane.k8s import reconciler as k8s_inventory
+
+    stop_inventory = k8s_inventory.start(settings, engine, lambda: service.token is not None)
     done.wait()
+    if stop_inventory is not None:
+        stop_inventory()
     service.stop()
     tracing.shutdown()  # export the last cycles' spans before the process ends
 

@@ -24,6 +24,7 @@ from controlplane.db.models import (
     UsageRecord,
 )
 from controlplane.jobstate import JobStatus
+from controlplane.k8s.core import PoolFacts, location_contradicts
 
 COHORT = "consortium"
 # Usage older than this many fair-share half-lives is not read (weight < 2^-20).
@@ -106,7 +107,18 @@ def build(
         pool = pools.get(n.pool_id)
         if pool is None:
             continue
-        alive = n.name in alive_nodes and n.status != NodeStatus.DOWN.value
+        # A quarantined node, or one whose observed location (Kubernetes inventory) is outside
+        # its pool, is left out of placement altogether (not only zero free GPUs): preempting
+        # its jobs must not make room for new work there either.
+        alive = (
+            n.name in alive_nodes
+            and n.status not in (NodeStatus.DOWN.value, NodeStatus.QUARANTINED.value)
+            and not location_contradicts(
+                n.observed,
+                pool.name,
+                PoolFacts(pool.name, pool.region, pool.jurisdiction, pool.gpus_per_node),
+            )
+        )
         free = max(0, n.gpus - used[n.name])
         if n.status == NodeStatus.CORDONED.value:
             free = 0  # running work stays, nothing new lands

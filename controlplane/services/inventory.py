@@ -200,6 +200,8 @@ def update_node(session: Session, caller: Principal, ref: str, body: schemas.Nod
     caller.require_platform_admin()
     row = get_node(session, ref)
     if body.status is not None:
+        if body.status is not NodeStatus.QUARANTINED:
+            row.quarantine_reason = None  # an admin lifting a quarantine clears its reason
         row.status = body.status.value
     if body.domain is not None:
         row.domain = body.domain

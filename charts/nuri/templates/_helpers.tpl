@@ -67,6 +67,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* The API's request limits and trusted proxies (see values: api). */}}
+{{- define "nuri.apiEnv" -}}
+- name: NURI_MAX_REQUEST_BYTES
+  value: {{ .Values.api.maxRequestBytes | default 1048576 | int | quote }}
+- name: NURI_RATE_LIMIT_PER_S
+  value: {{ dig "rateLimit" "perSecond" 50 .Values.api | toString | quote }}
+- name: NURI_RATE_LIMIT_BURST
+  value: {{ dig "rateLimit" "burst" 200 .Values.api | int | quote }}
+{{- with .Values.api.trustedProxies }}
+- name: NURI_TRUSTED_PROXIES
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* The metrics listener on the pod's own address (see values: metrics). */}}
 {{- define "nuri.metricsEnv" -}}
 - name: POD_IP

@@ -126,6 +126,23 @@ def test_containers_get_settings_nuri_accepts_in_prod() -> None:
     assert container_env(box, secrets)["NURI_DATABASE_URL"] == env["NURI_DATABASE_URL"]
     claim = one(docs, "PersistentVolumeClaim", "nuri-checkpoints")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The API's request limits: the defaults, and values that reach Nuri's settings.
+    assert (settings.max_request_bytes, settings.rate_limit_per_s) == (1 << 20, 50.0)
+    assert settings.trusted_proxy_networks == ()
+
+
+def test_request_limits_and_trusted_proxies_reach_the_api(tmp_path: Path) -> None:
+    limits = {"perSecond": 2.5, "burst": 10}
+    api_values = {"maxRequestBytes": 65536, "rateLimit": limits, "trustedProxies": "10.0.0.0/8"}
+    docs = render(values={"api": api_values}, tmp=tmp_path)
+    api = one(docs, "Deployment", "nuri-api")["spec"]["template"]["spec"]["containers"][0]
+    env = container_env(api, secret_data(docs))
+    settings = Settings(
+        **{k.removeprefix("NURI_").lower(): v for k, v in env.items() if k.startswith("NURI_")}
+    )
+    assert settings.max_request_bytes == 65536
+    assert (settings.rate_limit_per_s, settings.rate_limit_burst) == (2.5, 10)
+    assert [str(n) for n in settings.trusted_proxy_networks] == ["10.0.0.0/8"]
 
 
 def test_each_pool_is_a_ray_worker_group(tmp_path: Path) -> None:
