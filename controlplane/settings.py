@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane import tokens
-from controlplane.k8s.core import parse_selector
+from controlplane.k8s.core import parse_raycluster_ref, parse_selector
 
 
 class Settings(BaseSettings):
@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     k8s_pool_label: str = "nuri.io/pool"
     k8s_node_selector: str = ""
     k8s_tolerated_taints: str = "nvidia.com/gpu"
+    # The KubeRay RayCluster that runs the work, ``<namespace>/<name>`` (read with the same
+    # connection; empty: not read). While its head is not ready, placement pauses.
+    k8s_raycluster: str = ""
+    k8s_raycluster_poll_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("k8s_raycluster")
+    @classmethod
+    def _raycluster_ref(cls, value: str) -> str:
+        if value:
+            parse_raycluster_ref(value)
+        return value
 
     @field_validator("k8s_node_selector")
     @classmethod

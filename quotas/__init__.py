@@ -35,11 +35,14 @@ Guarantees of one cycle, each checked by property tests in tests/unit/quotas:
   borrowers are preempted (with a grace period) to make room;
 * a backfilled job never delays the reserved start of the blocked head job;
 * admissions never overrun a member's GPU-hour budget; budgets never preempt;
-* the same snapshot and ``now`` give the same decisions, whatever the input order.
+* the same snapshot and ``now`` give the same decisions, whatever the input order;
+* with placement paused (:func:`quotas.pause`), nothing is admitted or preempted and every
+  waiting job's first reason says so.
 """
 
 from quotas.decisions import Admit, Decisions, Pending, Preempt, Reason, Reservation
 from quotas.engine import admit
+from quotas.pause import pause
 from quotas.snapshot import (
     Budget,
     Cohort,
@@ -75,4 +78,5 @@ __all__ = [
     "Snapshot",
     "SnapshotError",
     "admit",
+    "pause",
 ]

@@ -15,6 +15,7 @@ from typing import NamedTuple
 INVALID_REQUEST = "invalid_request"
 NO_ALLOWED_POOL = "no_allowed_pool"
 SHAPE_UNSATISFIABLE = "shape_unsatisfiable"
+PLACEMENT_PAUSED = "placement_paused"  # the cluster cannot take work now (its Ray head is down)
 BUDGET_EXHAUSTED = "budget_exhausted"
 NON_PREEMPTIBLE_OVER_NOMINAL = "non_preemptible_over_nominal"
 QUOTA_EXCEEDED = "quota_exceeded"
@@ -33,6 +34,7 @@ REASON_RANK: dict[str, int] = {
             INVALID_REQUEST,
             NO_ALLOWED_POOL,
             SHAPE_UNSATISFIABLE,
+            PLACEMENT_PAUSED,  # nothing starts anywhere until the cluster is back
             WAITING_FOR_PREEMPTION,  # the job already has its room coming; say so first
             BUDGET_EXHAUSTED,
             NON_PREEMPTIBLE_OVER_NOMINAL,

@@ -15,6 +15,7 @@ because relabelling a node back is exactly what an attacker who relabelled it wo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,19 @@ class PoolFacts:
     jurisdiction: str
     gpus_per_node: int
     interconnect_domains: tuple[str, ...] = ()
+    gpu_model: str = ""  # "H200", "H100 SXM": its first word must name the node's product
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^0-9A-Za-z]+", text.upper()) if w]
+
+
+def gpu_model_matches(product: str | None, model: str) -> bool:
+    """Whether GPU feature discovery's ``nvidia.com/gpu.product`` ("NVIDIA-H100-80GB-HBM3")
+    names the pool's GPU model ("H100", "H100 SXM"): the model's first word is one of the
+    product's words. Unknown on either side is not a contradiction."""
+    words = _words(model)
+    return not product or not words or words[0] in _words(product)
 
 
 @dataclass(frozen=True)
@@ -260,6 +274,10 @@ def contradictions(node: ObservedNode, pool: PoolFacts) -> tuple[str, ...]:
             f"zone_outside_region: zone {node.zone} is not in pool {pool.name}'s region "
             f"{pool.region}"
         )
+    if not gpu_model_matches(node.gpu_product, pool.gpu_model):
+        reasons.append(
+            f"gpu_model_mismatch: node has {node.gpu_product}, pool {pool.name} is {pool.gpu_model}"
+        )
     if node.gpus > pool.gpus_per_node:
         reasons.append(
             f"too_many_gpus: {node.gpus} allocatable, pool {pool.name} has {pool.gpus_per_node} "
@@ -366,6 +384,14 @@ class RayClusterHealth:
     desired_workers: int
     desired_gpus: int
     reason: str | None  # why placement should pause; None when the head is ready
+
+
+def parse_raycluster_ref(ref: str) -> tuple[str, str]:
+    """``"<namespace>/<name>"`` -> (namespace, name); ValueError on anything else."""
+    namespace, sep, name = ref.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ValueError(f"a RayCluster is named <namespace>/<name>, not {ref!r}")
+    return namespace, name
 
 
 def raycluster_health(obj: Mapping[str, Any]) -> RayClusterHealth:

@@ -35,7 +35,7 @@ from controlplane.audit import log as audit_log
 from controlplane.audit.chain import PLATFORM_STREAM as PLATFORM
 from controlplane.db.models import Node, NodeStatus, Pool
 from controlplane.db.types import utcnow
-from controlplane.k8s import core
+from controlplane.k8s import core, rayclusters
 from controlplane.scheduler.snapshot import held_assignments
 from controlplane.services import catalog
 
@@ -123,7 +123,12 @@ class NodeInventory:
         ]
         facts = {
             p.name: core.PoolFacts(
-                p.name, p.region, p.jurisdiction, p.gpus_per_node, tuple(p.interconnect_domains)
+                p.name,
+                p.region,
+                p.jurisdiction,
+                p.gpus_per_node,
+                tuple(p.interconnect_domains),
+                p.gpu_model,
             )
             for p in pools
         }
@@ -367,30 +372,26 @@ _APPLY: dict[type, Callable[[Session, Any], bool]] = {
 }
 
 
-def ray_clusters(api: Any, namespace: str | None = None) -> list[core.RayClusterHealth]:
-    """Read the KubeRay RayClusters (``ray.io/v1``) of ``namespace`` (all when None).
+@dataclass
+class Started:
+    """What :func:`start` started: ``stop`` ends it, ``pause_reason`` is the scheduler's
+    question to the RayCluster watch (always None when no RayCluster is named)."""
 
-    Read-only and not yet consulted by the scheduler: pausing placement on a cluster whose
-    head is not ready, with a pending reason, is the next step of the inventory work.
-    """
-    custom: Any = k8s_client.CustomObjectsApi(api)
-    if namespace is None:
-        listing = custom.list_cluster_custom_object("ray.io", "v1", "rayclusters")
-    else:
-        listing = custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters")
-    return [core.raycluster_health(obj) for obj in listing.get("items") or ()]
+    stop: Callable[[], None]
+    pause_reason: Callable[[], str | None] = lambda: None
 
 
 def start(
     settings: Any, db: Engine, active: Callable[[], bool], retry_s: float = 5.0
-) -> Callable[[], None] | None:
-    """Start the inventory loop in a daemon thread when ``NURI_K8S_INVENTORY`` is not off;
-    returns the function that stops it (None when off)."""
+) -> Started | None:
+    """Start the inventory loop in a daemon thread when ``NURI_K8S_INVENTORY`` is not off,
+    and the RayCluster watch when ``NURI_K8S_RAYCLUSTER`` names one (None when off)."""
     if settings.k8s_inventory == "off":
         return None
+    api = api_client(settings.k8s_inventory, settings.k8s_kubeconfig, settings.k8s_context)
     inv = NodeInventory(
         db,
-        api_client(settings.k8s_inventory, settings.k8s_kubeconfig, settings.k8s_context),
+        api,
         pool_label=settings.k8s_pool_label,
         selector=settings.k8s_node_selector,
         tolerated_taints=[t.strip() for t in settings.k8s_tolerated_taints.split(",") if t.strip()],
@@ -406,10 +407,15 @@ def start(
     )
     thread.start()
     log.info("kubernetes inventory: watching nodes (%s)", settings.k8s_inventory)
+    ray = rayclusters.start(settings, db, api, active)
 
     def stopper() -> None:
         stop.set()
         inv.stop_watch()
         thread.join(10)
+        if ray is not None:
+            ray[1]()
 
-    return stopper
+    if ray is None:
+        return Started(stopper)
+    return Started(stopper, ray[0].pause_reason)

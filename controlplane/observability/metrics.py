@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -156,6 +157,12 @@ class SchedulerMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
+        self.paused = Gauge(
+            "nuri_placement_paused",
+            "1 while the leader pauses placement (the KubeRay head is not ready), else 0.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.depth = Histogram(
             "nuri_scheduler_cycle_depth",
             "Waiting jobs each cycle considered (Slurm sdiag's cycle depth).",
@@ -174,6 +181,7 @@ def record_cycle(report: CycleReport, seconds: float) -> None:
     m = scheduler_metrics()
     m.cycle.observe(seconds)
     m.depth.observe(report.depth)
+    m.paused.set(1 if report.paused is not None else 0)
     if report.depth:
         m.attempts.labels("success" if report.admitted else "inadmissible").inc()
     for pool, waited in report.waits:
@@ -265,6 +273,7 @@ class StateCollector:
             yield from self._gpus(s)
             yield from self._budgets(s, now)
             yield self._pools(s)
+            yield self._nodes(s)
 
     def _pending(self, s: Session) -> GaugeMetricFamily:
         """Waiting jobs per pool, member and status. A job may name several pools; it counts
@@ -443,6 +452,32 @@ class StateCollector:
             .group_by(col(Pool.name))
         ).all():
             family.add_metric([pool], int(gpus))
+        return family
+
+    def _nodes(self, s: Session) -> GaugeMetricFamily:
+        """Registered nodes per pool and status: ``status="quarantined"`` counts the nodes the
+        Kubernetes inventory found outside their pool's region (``controlplane.k8s``)."""
+        family = GaugeMetricFamily(
+            "nuri_nodes",
+            "Registered nodes, per pool and status (ready, cordoned, down, quarantined).",
+            labels=["pool", "status"],
+        )
+        counts = dict.fromkeys(
+            (
+                (str(p), st.value)
+                for p in s.execute(sa_select(col(Pool.name))).scalars()
+                for st in NodeStatus
+            ),
+            0,
+        )
+        for pool, status, n in s.execute(
+            sa_select(col(Pool.name), col(Node.status), func.count())
+            .join(Node, col(Node.pool_id) == col(Pool.id))
+            .group_by(col(Pool.name), col(Node.status))
+        ).all():
+            counts[(str(pool), str(status))] = int(n)
+        for (pool, status), n in sorted(counts.items()):
+            family.add_metric([pool, status], n)
         return family
 
 

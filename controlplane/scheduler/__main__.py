@@ -66,14 +66,17 @@ def main() -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    service.start()
     # The Kubernetes inventory (NURI_K8S_INVENTORY), written by the leader only.
     from controlplane.k8s import reconciler as k8s_inventory
 
-    stop_inventory = k8s_inventory.start(settings, engine, lambda: service.token is not None)
+    # The RayCluster watch (NURI_K8S_RAYCLUSTER) pauses placement while its head is down.
+    k8s = k8s_inventory.start(settings, engine, lambda: service.token is not None)
+    if k8s is not None:
+        service.placement_pause = k8s.pause_reason
+    service.start()
     done.wait()
-    if stop_inventory is not None:
-        stop_inventory()
+    if k8s is not None:
+        k8s.stop()
     service.stop()
     tracing.shutdown()  # export the last cycles' spans before the process ends
 

@@ -77,6 +77,7 @@ class CycleReport:
     backfilled: list[str] = field(default_factory=list)  # pool of each backfilled admission
     preemptions: list[tuple[str, str]] = field(default_factory=list)  # (pool, reason) per victim
     evictions: list[tuple[str, str]] = field(default_factory=list)  # (pool, reason) per requeue
+    paused: str | None = None  # why placement was paused this cycle (``placement_pause``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,10 @@ class SchedulerService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._explained_at: datetime | None = None  # last cycle that refreshed explanations
+        # Why placement must pause now (the KubeRay head is down), None to place: set by the
+        # scheduler's main from ``controlplane.k8s``; asked once per cycle.
+        self.placement_pause: Callable[[], str | None] = lambda: None
+        self._paused: str | None = None  # the pause of the last cycle
 
     # --- phase 0: leadership ---------------------------------------------------------------
 
@@ -463,10 +468,18 @@ class SchedulerService:
         with Session(self.db, expire_on_commit=False) as s:
             snapshot = build(s, set(inventory.alive), now, self.config.engine)
         report.depth = len(snapshot.pending)
-        report.explained = self.should_explain(len(snapshot.pending), now)
+        report.paused = self.placement_pause()
+        # A pause that starts or ends is explained to every waiting job at once.
+        paused_changed, self._paused = report.paused != self._paused, report.paused
+        report.explained = self.should_explain(len(snapshot.pending), now) or (
+            paused_changed and self.config.engine.explain
+        )
         if not report.explained:
             snapshot = replace(snapshot, config=replace(snapshot.config, explain=False))
         decisions = quotas.admit(snapshot, now.timestamp())
+        if report.paused is not None:
+            # The engine still ran: every waiting job keeps its own reasons behind the pause.
+            decisions = quotas.pause(decisions, report.paused)
         notices = self._apply(decisions, now, report)
         if report.explained:
             self._explained_at = now

@@ -81,14 +81,36 @@ def test_enabled_reads_nodes_and_rayclusters_only(tmp_path: Path) -> None:
         "NURI_K8S_POOL_LABEL": "example.org/pool",
         "NURI_K8S_NODE_SELECTOR": "nvidia.com/gpu.present=true",
         "NURI_K8S_TOLERATED_TAINTS": "nvidia.com/gpu",
+        # The release's own RayCluster, where the chart renders it.
+        "NURI_K8S_RAYCLUSTER": "gpu/nuri-ray",
+        "NURI_K8S_RAYCLUSTER_POLL_S": "5",
     }
+    (ray,) = [d for d in docs if d["kind"] == "RayCluster"]
+    assert f"{ray['metadata'].get('namespace', 'gpu')}/{ray['metadata']['name']}" == "gpu/nuri-ray"
     settings = Settings(
         home=tmp_path,
         k8s_inventory=k8s["NURI_K8S_INVENTORY"],  # type: ignore[arg-type]
         k8s_pool_label=k8s["NURI_K8S_POOL_LABEL"],
         k8s_node_selector=k8s["NURI_K8S_NODE_SELECTOR"],
+        k8s_raycluster=k8s["NURI_K8S_RAYCLUSTER"],
+        k8s_raycluster_poll_s=float(k8s["NURI_K8S_RAYCLUSTER_POLL_S"]),
     )
     assert settings.k8s_inventory == "incluster"
+
+
+def test_another_raycluster_can_be_named_and_a_bad_name_fails() -> None:
+    docs = render("inventory.enabled=true", "inventory.rayCluster=ray-system/shared")
+    pod = deployment(docs, "nuri-scheduler")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["NURI_K8S_RAYCLUSTER"] == "ray-system/shared"
+    assert HELM is not None
+    done = subprocess.run(
+        [HELM, "template", "nuri", str(CHART), "--set", "inventory.rayCluster=no-namespace"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "rayCluster" in done.stderr
 
 
 def test_unknown_inventory_value_fails() -> None:

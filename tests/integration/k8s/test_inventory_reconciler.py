@@ -1,6 +1,6 @@
 """The Kubernetes inventory reconciler with the real ``kubernetes`` client, over HTTP, against
-kmock's ``KubernetesEmulator`` (an in-memory API server in its own thread and event loop), on
-SQLite and PostgreSQL.
+kmock's ``KubernetesEmulator`` (an in-memory API server in its own process,
+``tests.k8s_emulator``), on SQLite and PostgreSQL.
 
 The emulator ignores label selectors, so the node outside the selector here is also what
 proves the reconciler filters on the client side. Every wait is on a condition, bounded.
@@ -8,7 +8,6 @@ proves the reconciler filters on the client side. Every wait is on a condition, 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import threading
@@ -18,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 from kubernetes import client as k8s_client
 from sqlalchemy import Engine
@@ -26,11 +24,12 @@ from sqlmodel import Session, select
 
 import quotas
 from controlplane.db.models import AuditEvent, Job, Node, Pool
-from controlplane.k8s import reconciler
+from controlplane.k8s import rayclusters, reconciler
 from controlplane.k8s.reconciler import NodeInventory, Report
 from controlplane.scheduler import snapshot
 from controlplane.settings import Settings
 from tests.conftest import World, ok
+from tests.k8s_emulator import EmulatedApiServer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,40 +37,7 @@ POOL_LABEL = "nuri.io/pool"
 SELECTOR = "nuri.io/gpu-node=true"
 
 
-class Emulator:
-    """A KubernetesEmulator served over HTTP from a background thread."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.url = ""
-
-    def _serve(self) -> None:
-        async def main() -> None:
-            async with kmock.KubernetesEmulator() as km, kmock.Server(km) as server:
-                km.resources["v1/nodes"] = {}
-                km.resources["ray.io/v1/rayclusters"] = {"namespaced": True, "kind": "RayCluster"}
-                self._loop = asyncio.get_running_loop()
-                self._stop = asyncio.Event()
-                self.url = str(server.url).rstrip("/")
-                self._ready.set()
-                await self._stop.wait()
-
-        asyncio.run(main())
-
-    def __enter__(self) -> Emulator:
-        self._thread.start()
-        assert self._ready.wait(30), "the emulator did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def api_client(self) -> Any:
-        cfg = k8s_client.Configuration()
-        cfg.host = self.url
-        return k8s_client.ApiClient(cfg)
+Emulator = EmulatedApiServer
 
 
 def node_obj(
@@ -299,8 +265,11 @@ def test_label_drift_quarantines_within_one_event_and_blocks_admission(
 
 def test_off_unless_configured(engine: Engine, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    assert settings.k8s_inventory == "off"
+    assert settings.k8s_inventory == "off" and settings.k8s_raycluster == ""
     assert reconciler.start(settings, engine, lambda: True) is None
+    for bad in ("nuri-ray", "/nuri-ray", "gpu/", "gpu/nuri/ray"):
+        with pytest.raises(ValueError, match="namespace"):
+            Settings(home=tmp_path, k8s_raycluster=bad)
 
 
 def test_kubeconfig_mode_lists_and_watches_while_leading(
@@ -326,6 +295,8 @@ def test_kubeconfig_mode_lists_and_watches_while_leading(
         k8s_kubeconfig=kubeconfig,
         k8s_pool_label=POOL_LABEL,
         k8s_node_selector=SELECTOR,
+        k8s_raycluster="gpu/nuri-ray",
+        k8s_raycluster_poll_s=0.1,
     )
     api = k8s_client.CoreV1Api(emulator.api_client())
     api.create_node(node_obj("gpu-a"))
@@ -336,8 +307,8 @@ def test_kubeconfig_mode_lists_and_watches_while_leading(
         asked.append(leading.is_set())
         return asked[-1]
 
-    stop = reconciler.start(settings, engine, active, retry_s=0.1)
-    assert stop is not None
+    started = reconciler.start(settings, engine, active, retry_s=0.1)
+    assert started is not None
     try:
         api.create_node(node_obj("gpu-b"))
         # A standby writes nothing: the loop went round twice without the lease.
@@ -347,8 +318,18 @@ def test_kubeconfig_mode_lists_and_watches_while_leading(
         wait_for(lambda: set(nodes(engine)) == {"gpu-a", "gpu-b"}, "the list")
         api.create_node(node_obj("gpu-c"))
         wait_for(lambda: "gpu-c" in nodes(engine), "the watch")
+        # The RayCluster watch started with it: a cluster that does not exist pauses placement.
+        wait_for(lambda: started.pause_reason() is not None, "the RayCluster read")
+        assert "gpu/nuri-ray does not exist" in (started.pause_reason() or "")
+        custom: Any = k8s_client.CustomObjectsApi(emulator.api_client())
+        body = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "nuri-ray"}}
+        ready = {"conditions": [{"type": "HeadPodReady", "status": "True"}]}
+        custom.create_namespaced_custom_object(
+            "ray.io", "v1", "gpu", "rayclusters", {**body, "status": ready}
+        )
+        wait_for(lambda: started.pause_reason() is None, "the RayCluster's head ready")
     finally:
-        stop()
+        started.stop()
 
 
 def test_quarantine_tells_running_owners_and_only_an_admin_lifts_it(
@@ -477,7 +458,7 @@ def test_raycluster_whose_head_goes_unready(emulator: Emulator) -> None:
             },
         },
     )
-    (health,) = reconciler.ray_clusters(client, "gpu")
+    (health,) = rayclusters.ray_clusters(client, "gpu")
     assert health.head_ready and health.reason is None and health.desired_gpus == 16
 
     custom.patch_namespaced_custom_object(
@@ -495,7 +476,7 @@ def test_raycluster_whose_head_goes_unready(emulator: Emulator) -> None:
             }
         },
     )
-    (health,) = reconciler.ray_clusters(client)
+    (health,) = rayclusters.ray_clusters(client)
     assert not health.head_ready
     assert health.reason is not None and "HeadPodNotFound" in health.reason
     assert health.available_workers == 1

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from controlplane.db.models import Job, Pool, UsageRecord
+from controlplane.db.models import Job, Node, Pool, UsageRecord
 from controlplane.jobstate import JobStatus, transition
 from controlplane.observability import metrics
 from controlplane.observability.metrics import EVENTS, StateCollector
@@ -106,6 +106,20 @@ def test_state_gauges_match_a_known_world(world: World) -> None:
     assert got["nuri_budget_used_gpu_seconds"][period] == pytest.approx((2 + 24) * 3600.0)
     assert got["nuri_budget_limit_gpu_seconds"][period] == 1000 * 3600.0
     assert got["nuri_pool_gpus"] == {(("pool", POOL),): 32.0}
+    nodes = {status: 0.0 for status in ("ready", "cordoned", "down", "quarantined")}
+    assert got["nuri_nodes"] == {
+        (("pool", POOL), ("status", k)): v for k, v in {**nodes, "ready": 4.0}.items()
+    }
+    # A node the Kubernetes inventory quarantined is counted as such (and its GPUs still are).
+    with Session(engine) as s:
+        node = s.exec(select(Node).where(Node.pool_id == pool_id)).first()
+        assert node is not None
+        node.status = "quarantined"
+        s.add(node)
+        s.commit()
+    got = state(world)
+    assert got["nuri_nodes"][(("pool", POOL), ("status", "quarantined"))] == 1.0
+    assert got["nuri_nodes"][(("pool", POOL), ("status", "ready"))] == 3.0
 
 
 def test_lent_gpus_are_shared_by_idle_guarantees_within_lending_limits() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import ray
@@ -156,3 +157,85 @@ def test_long_queues_refresh_explanations_at_most_every_interval(env: Env) -> No
     assert report.explained and report.admitted == []
     assert env.job(second["id"])["reasons"][0]["code"] == "non_preemptible_over_nominal"
     assert env.job(second["id"])["queue_position"] == 2
+
+
+def raycluster(head_ready: bool, reason: str = "") -> dict[str, object]:
+    """A KubeRay RayCluster as the operator reports it (``ray.io/v1``, 1.2+ conditions)."""
+    head: dict[str, str] = {"type": "HeadPodReady", "status": str(head_ready)}
+    if reason:
+        head["reason"] = reason
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "nuri-ray", "namespace": "gpu"},
+        "spec": {},
+        "status": {
+            "state": "ready" if head_ready else "suspended",
+            "conditions": [head],
+            "availableWorkerReplicas": 3 if head_ready else 0,
+            "desiredWorkerReplicas": 3,
+            "desiredGPU": "24",
+        },
+    }
+
+
+def test_an_unready_kuberay_head_pauses_placement_and_says_why(env: Env) -> None:
+    """The RayCluster read with the real kubernetes client from an emulated API server (its own
+    process): while its head is not ready nothing is admitted, waiting jobs say so first,
+    running jobs are left alone, and the pause and the resume are audited."""
+    from kubernetes import client as k8s_client
+
+    from controlplane.db.models import AuditEvent
+    from controlplane.k8s.rayclusters import RayClusterWatch
+    from controlplane.observability.metrics import scheduler_metrics
+    from tests.k8s_emulator import EmulatedApiServer
+
+    with EmulatedApiServer() as server:
+        api = server.api_client()
+        custom: Any = k8s_client.CustomObjectsApi(api)
+        custom.create_namespaced_custom_object(
+            "ray.io", "v1", "gpu", "rayclusters", raycluster(True)
+        )
+        watch = RayClusterWatch(env.engine, api, "gpu/nuri-ray")
+        env.service.placement_pause = watch.pause_reason
+        assert watch.poll() is None
+        running = env.submit(
+            env.beta, gpus=8, config={"payload": "synthetic", "steps": 400, "step_seconds": 0.1}
+        )
+        env.until_status(running["id"], "RUNNING")
+
+        custom.patch_namespaced_custom_object(
+            "ray.io", "v1", "gpu", "rayclusters", "nuri-ray", raycluster(False, "HeadPodNotFound")
+        )
+        assert "HeadPodNotFound" in (watch.poll() or "")
+        waiting = env.submit(env.alpha, gpus=8, name="waits-for-head")
+        for _ in range(3):
+            report = env.service.tick()
+            assert report.admitted == [] and report.paused is not None
+        job = env.job(waiting["id"])
+        assert job["status"] == "QUEUED" and job["eta"] is None
+        first = job["reasons"][0]
+        assert first["code"] == "placement_paused"
+        assert "nuri-ray" in first["message"] and "HeadPodNotFound" in first["message"]
+        assert env.job(running["id"])["status"] == "RUNNING"  # left alone
+        assert scheduler_metrics().paused._value.get() == 1
+
+        custom.patch_namespaced_custom_object(
+            "ray.io", "v1", "gpu", "rayclusters", "nuri-ray", raycluster(True)
+        )
+        assert watch.poll() is None
+        env.until_status(waiting["id"], "RUNNING", "SUCCEEDED")
+        assert scheduler_metrics().paused._value.get() == 0
+        ok(env.client.post(f"/v1/jobs/{running['id']}/cancel", headers=bearer(env.beta), json={}))
+    with Session(env.engine) as s:
+        events = s.exec(
+            select(AuditEvent)
+            .where(AuditEvent.stream == "platform", AuditEvent.resource_type == "raycluster")
+            .order_by(AuditEvent.seq)  # type: ignore[arg-type]
+        ).all()
+    assert [(e.action, e.resource_id) for e in events] == [
+        ("raycluster.unready", "gpu/nuri-ray"),
+        ("raycluster.ready", "gpu/nuri-ray"),
+    ]
+    assert "HeadPodNotFound" in events[0].details["reason"]
+    assert events[0].details["available_workers"] == 0

@@ -21,8 +21,8 @@ from controlplane.k8s.core import (
 
 POOL_LABEL = "nuri.io/pool"
 POOLS = {
-    "kr-h200": PoolFacts("kr-h200", "kr-central", "KR", 8, ("kr-h200-d0",)),
-    "eu-h100": PoolFacts("eu-h100", "eu-west", "DE", 8, ("eu-h100-d0",)),
+    "kr-h200": PoolFacts("kr-h200", "kr-central", "KR", 8, ("kr-h200-d0",), "H200"),
+    "eu-h100": PoolFacts("eu-h100", "eu-west", "DE", 8, ("eu-h100-d0",), "H100 SXM"),
 }
 
 
@@ -338,7 +338,33 @@ QUARANTINE_CASES: list[tuple[str, NodeObj, str]] = [
     ("pool label moved", NodeObj("n").label(POOL_LABEL, "eu-h100"), "pool_label_changed"),
     ("pool label removed", NodeObj("n").label(POOL_LABEL, None), "pool_label_changed"),
     ("more GPUs than the pool", NodeObj("n").allocatable("16"), "too_many_gpus"),
+    (
+        "another GPU model",
+        NodeObj("n").label(core.GPU_PRODUCT, "NVIDIA-A100-SXM4-80GB"),
+        "gpu_model",
+    ),
+    ("a GH200 is no H200", NodeObj("n").label(core.GPU_PRODUCT, "NVIDIA-GH200-480GB"), "gpu_model"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("product", "model", "matches"),
+    [
+        ("NVIDIA-H200", "H200", True),
+        ("NVIDIA-H100-80GB-HBM3", "H100 SXM", True),
+        ("NVIDIA-H100-80GB-HBM3", "h100", True),
+        ("NVIDIA-H200-NVL", "H200", True),
+        ("NVIDIA-GH200-480GB", "H200", False),
+        ("NVIDIA-A100-SXM4-80GB", "H100", False),
+        ("Tesla-V100-SXM2-16GB", "A100", False),
+        (None, "H200", True),  # no GPU feature discovery on the node: nothing to contradict
+        ("NVIDIA-H200", "", True),
+    ],
+)
+def test_gpu_model_matches_the_feature_discovery_product(
+    product: str | None, model: str, matches: bool
+) -> None:
+    assert core.gpu_model_matches(product, model) is matches
 
 
 @pytest.mark.parametrize(
@@ -404,7 +430,7 @@ def test_core_imports_nothing_with_io() -> None:
         for n in ast.walk(tree)
         if isinstance(n, ast.ImportFrom) and n.level == 0
     } | {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert roots <= {"__future__", "collections", "dataclasses", "typing"}
+    assert roots <= {"__future__", "collections", "dataclasses", "re", "typing"}
 
 
 def _apply(registry: dict[str, RegisteredNode], decisions: tuple[Any, ...]) -> None:

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from quotas import decisions as codes
 from quotas.budgets import headroom_gpu_hours, job_cost_gpu_hours
 from quotas.cycle import CycleState
-from quotas.decisions import Decisions
+from quotas.decisions import Decisions, Reason
 from quotas.engine import admit, run_cycle
+from quotas.pause import pause
 from quotas.placement import shape_for
 from quotas.preemption import cannot_preempt, claim, plan_preemption
 from quotas.snapshot import (
@@ -524,3 +525,41 @@ def test_preemption_bound_never_rejects_a_plan_the_search_finds(world: World, se
         world.apply(decisions, now)
         now += rng.choice([300.0, 900.0])
         world.advance(now)
+
+
+@PROPERTY
+@given(worlds(), st.integers(0, 1000), st.text(min_size=1, max_size=40))
+def test_paused_placement_admits_and_preempts_nothing_and_says_why(
+    world: World, seed: int, why: str
+) -> None:
+    """``quotas.pause``: the jobs the engine would admit wait at the front, in admission
+    order; everyone else keeps their order and their own reasons, behind the pause; nothing
+    runs, nobody is preempted and the cluster's state is unchanged over paused cycles."""
+    run_cycles(world, cycles=2, seed=seed)
+    snapshot = world.snapshot()
+    full = admit(snapshot, 5000.0)
+    paused = pause(full, why)
+    assert paused.admitted == () and paused.preempted == () and paused.reservations == ()
+    assert [p.job_id for p in paused.pending] == [a.job_id for a in full.admitted] + [
+        p.job_id for p in sorted(full.pending, key=lambda p: p.position)
+    ]
+    assert [p.position for p in paused.pending] == list(range(1, len(paused.pending) + 1))
+    before = {p.job_id: p.reasons for p in full.pending}
+    for p in paused.pending:
+        assert p.eta is None
+        # First, unless the job could never run anyway (its own reason says so first).
+        paused_reason = Reason(codes.PLACEMENT_PAUSED, f"placement is paused: {why}")
+        at = p.reasons.index(paused_reason)
+        assert all(
+            codes.REASON_RANK[r.code] < codes.REASON_RANK[codes.PLACEMENT_PAUSED]
+            for r in p.reasons[:at]
+        )
+        assert p.reasons[:at] + p.reasons[at + 1 :] == before.get(p.job_id, ())
+        ranks = [codes.REASON_RANK[r.code] for r in p.reasons]
+        assert ranks == sorted(ranks)
+    # Idempotent: a second pause (another cycle's) changes nothing more.
+    assert pause(paused, why) == paused
+    # Paused cycles change nothing: the world after them is the world before.
+    running, pending = dict(world.running), dict(world.pending)
+    world.apply(paused, 5000.0)
+    assert (world.running, world.pending) == (running, pending)
