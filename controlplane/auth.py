@@ -18,7 +18,8 @@ from controlplane.audit import log as audit_log
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.errors import Forbidden, Unauthenticated
 
-SCOPES = ("read", "write", "admin", "metrics")
+# ``inference``: calling the serving gateway (``/openai/v1``) with the token.
+SCOPES = ("read", "write", "admin", "metrics", "inference")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ def default_scopes(role: Role) -> list[str]:
         return ["read", "write", "admin"]
     if role is Role.AUDITOR:
         return ["read"]
-    return ["read", "write"]
+    return ["read", "write", "inference"]
 
 
 def allowed_scopes(role: Role) -> list[str]:

@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 from controlplane import planning, residency
 from controlplane.db.models import Artifact, Dataset, Job, Pool
 from controlplane.errors import InvalidRequest
+from controlplane.serving.names import SERVE_KIND
 from workers.execution import (
     CapacityPlan,
     ExecutionPlan,
@@ -26,7 +27,7 @@ from workers.execution import (
     ModelPlan,
     PlanInvalid,
 )
-from workers.knobs import is_synthetic, knobs_for
+from workers.knobs import is_synthetic, knobs_for, serve_knobs
 
 # Presets small enough to start from a seeded random init (workers.presets refuses larger
 # ones without weights; a test keeps this set equal to what it accepts).
@@ -72,12 +73,21 @@ def resolve(session: Session, job: Job, pool_name: str, jobs_dir: Path) -> Execu
     pool = session.exec(select(Pool).where(Pool.name == pool_name)).first()
     if pool is None:
         raise PlanFailed(f"unknown pool {pool_name}", details={"pool": pool_name})
-    knobs = knobs_for(job.kind, job.config).model_dump(mode="json")
-    synthetic = is_synthetic(job.config)
+    serving = job.kind == SERVE_KIND
+    config = dict(job.config)
+    if serving:
+        config.pop("replica", None)  # the controller's slot number, not a knob
+        knobs = serve_knobs(config).model_dump(mode="json")
+    else:
+        knobs = knobs_for(job.kind, job.config).model_dump(mode="json")
+    synthetic = not serving and is_synthetic(job.config)
     pools = residency.pool_facts(session.exec(select(Pool)).all())
     model = teacher = None
     inputs: tuple[InputPlan, ...] = ()
-    if not synthetic:
+    if serving:
+        model = _model(session, job.member_id, job.model, "model", pools)
+        inputs = tuple(_adapter(session, job.member_id, ident) for ident in sorted(set(job.inputs)))
+    elif not synthetic:
         model = _model(session, job.member_id, job.model, "model", pools)
         if job.teacher:
             teacher = _model(session, job.member_id, job.teacher, "teacher", pools)
@@ -98,7 +108,7 @@ def resolve(session: Session, job: Job, pool_name: str, jobs_dir: Path) -> Execu
             plan_key(session, job.member_id, job.teacher) if job.teacher else None,
             synthetic,
         ),
-        knobs=dict(job.config),
+        knobs=config,
         dirs=JobDirs.under(job_root(jobs_dir, job)),
     )
     try:
@@ -123,6 +133,14 @@ def _dataset(session: Session, member_id: str, ident: str, role: str) -> InputPl
         version=ds.version,
         labels=dict(ds.labels),
     )
+
+
+def _adapter(session: Session, member_id: str, ident: str) -> InputPlan:
+    """A LoRA adapter an endpoint serves beside its model (Serve multiplexing)."""
+    art = session.get(Artifact, ident)
+    if art is None or art.member_id != member_id or art.kind != "adapter":
+        raise PlanFailed(f"adapter {ident} is not available", details={"adapter": ident})
+    return _artifact_input(art, "adapter")
 
 
 def _artifact_input(art: Artifact, role: str) -> InputPlan:
@@ -188,7 +206,7 @@ def _capacity(
     teacher_key: str | None,
     synthetic: bool,
 ) -> CapacityPlan:
-    inference = job.kind == "inference"
+    inference = job.kind in ("inference", SERVE_KIND)  # a replica is sized like inference
     zero: int | None = None if inference else 2
     checkpointing = False
     sized = planning.plannable(model_key) and (
@@ -197,7 +215,7 @@ def _capacity(
     if not synthetic and sized:
         try:
             p = planning.plan_for(
-                job.kind,
+                "inference" if inference else job.kind,
                 str(model_key),
                 teacher_key,
                 knobs,

@@ -190,13 +190,28 @@ def input_facts(
     pools: Sequence[PoolFacts],
     teacher: str | None = None,
 ) -> list[ArtifactFacts]:
-    """Everything a job reads, the model (and a distillation's teacher) included."""
+    """Everything a job reads, the model (and a distillation's teacher) included.
+
+    ``input_ids`` are datasets, or artifacts (``art_...``: an endpoint's LoRA adapters)."""
     facts: list[ArtifactFacts] = []
     for name in (model, teacher):
         found = model_facts(session, member_id, name, pools) if name else None
         if found is not None:
             facts.append(found)
     for ident in input_ids:
+        if ident.startswith("art_"):
+            # An artifact read as an input (an endpoint's LoRA adapters): its own labels.
+            art = session.get(Artifact, ident)
+            if art is not None and art.member_id == member_id:
+                facts.append(
+                    ArtifactFacts(
+                        ref=art.id,
+                        labels=artifact_labels(session, art),
+                        kind=ArtifactKind.MODEL,
+                        member=member_id,
+                    )
+                )
+            continue
         ds = session.get(Dataset, ident)
         if ds is not None:
             facts.append(

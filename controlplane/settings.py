@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     # connection; empty: not read). While its head is not ready, placement pauses.
     k8s_raycluster: str = ""
     k8s_raycluster_poll_s: float = Field(default=5.0, gt=0, le=300)
+    # Serving gateway (``controlplane.serving``): requests and tokens per minute an endpoint
+    # takes in each API process unless its config sets ``rpm`` / ``tpm`` (None: no limit);
+    # how often a request waiting for a cold start polls for a ready replica; how often a
+    # request stamps its endpoint's ``last_request_at`` (the controller's idle clock).
+    serve_rpm: int | None = Field(default=None, ge=1)
+    serve_tpm: int | None = Field(default=None, ge=1)
+    serve_cold_start_poll_s: float = Field(default=0.1, gt=0, le=5)
+    serve_touch_interval_s: float = Field(default=1.0, ge=0, le=3600)
 
     @field_validator("k8s_raycluster")
     @classmethod

@@ -150,6 +150,11 @@ class ExecutionPlan:
         """Raise :class:`PlanInvalid` for a plan whose parts disagree."""
         if self.payload not in ("model", "synthetic"):
             raise PlanInvalid(f"payload {self.payload!r}")
+        if self.kind == "serve":  # an endpoint's replica: not a batch kind (workers.serving)
+            from workers.serving import check_serve_plan
+
+            check_serve_plan(self)
+            return
         knobs_for(self.kind, self.knobs)  # the stored knobs are still valid ones
         cap = self.capacity
         if cap.ranks != cap.nodes * cap.ranks_per_node or cap.ranks < 1:

@@ -12,9 +12,10 @@ model); it must be asked for explicitly and a deployment may refuse it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # peft targets a member may choose (attention, MLP and routed-expert projections).
 LORA_TARGETS = (
@@ -98,6 +99,43 @@ class SyntheticKnobs(_Knobs):
     fail_at_step: int | None = Field(default=None, ge=0, le=10_000_000)
 
 
+# A multiplexed adapter's name as requests give it (``model`` suffix, Serve's model id).
+ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+MAX_ADAPTERS_PER_REPLICA = 16
+
+
+class ServeKnobs(_Knobs):
+    """serve: an endpoint's replicas. Not a batch kind: it is not in :data:`KNOBS`.
+
+    ``adapters`` names the LoRA adapters an endpoint multiplexes on one base: each value is
+    the id of an ``adapter`` input of the replica's plan (server-made), never a path.
+    """
+
+    max_context: int = Field(
+        default=2048, ge=16, le=131_072, description="prompt + max_tokens must fit"
+    )
+    max_tokens_default: int = Field(default=256, ge=1, le=131_072)
+    max_ongoing_requests: int = Field(default=32, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="weights of a preset")
+    system_prompt: str | None = Field(
+        default=None, max_length=8000, description="for chats without a system turn"
+    )
+    adapters: dict[str, str] = Field(default_factory=dict, max_length=256)
+    max_adapters_per_replica: int = Field(default=4, ge=1, le=MAX_ADAPTERS_PER_REPLICA)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, input_id in value.items():
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"adapter name {name[:80]!r} does not match {ADAPTER_NAME.pattern}"
+                )
+            if not input_id or len(input_id) > 200:
+                raise ValueError(f"adapter {name}: the input id must be 1..200 characters")
+        return value
+
+
 KNOBS: dict[str, type[_Knobs]] = {
     "finetune": TrainingKnobs,
     "pretrain": TrainingKnobs,
@@ -125,6 +163,17 @@ def knobs_for(kind: str, config: dict[str, Any]) -> _Knobs:
     if kind not in KNOBS:
         raise KnobError(f"unknown job kind {kind!r}", {"kinds": sorted(KNOBS)})
     schema: type[_Knobs] = SyntheticKnobs if "payload" in config else KNOBS[kind]
+    return _validated(schema, kind, config)
+
+
+def serve_knobs(config: dict[str, Any]) -> ServeKnobs:
+    """Validate an endpoint's serve ``config``; raise :class:`KnobError` naming what is wrong."""
+    if not isinstance(config, dict):
+        raise KnobError("the config of a serve endpoint must be an object", {"kind": "serve"})
+    return cast(ServeKnobs, _validated(ServeKnobs, "serve", config))
+
+
+def _validated(schema: type[_Knobs], kind: str, config: dict[str, Any]) -> _Knobs:
     allowed = sorted(schema.model_fields)
     unknown = sorted(k for k in config if k not in schema.model_fields)
     if unknown:

@@ -10,7 +10,8 @@ any tiny student.
 
 Chat: :meth:`Tokenizer.chat` renders a conversation (``system`` / ``user`` / ``assistant``
 messages) and says which tokens are the assistant's (the training targets);
-:meth:`Tokenizer.chat_prompt` renders a prompt that ends where the assistant starts to write.
+:meth:`Tokenizer.chat_prompt` renders a prompt that ends where the assistant starts to write;
+:meth:`Tokenizer.generation_prompt` does the same for a multi-turn conversation (serving).
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ class Tokenizer(Protocol):
     def chat(self, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
         """Ids of a whole conversation and, per id, whether it is a target (assistant text,
         its end-of-turn included). Raises :class:`ChatError` for a malformed one."""
+        ...
+
+    def generation_prompt(self, messages: list[dict[str, str]], think: bool = False) -> list[int]:
+        """Ids of a multi-turn conversation ending where the assistant's next turn starts.
+
+        For one user message (after an optional system one) these are exactly
+        :meth:`chat_prompt`'s ids. Raises :class:`ChatError` for a malformed conversation.
+        """
         ...
 
     def save(self, directory: Path) -> None:
@@ -203,6 +212,19 @@ class ByteTokenizer:
             raise ChatError("a conversation to train on needs an assistant turn")
         return ids, target
 
+    def generation_prompt(self, messages: list[dict[str, str]], think: bool = False) -> list[int]:
+        ids = [self.bos_id]
+        for m in check_messages(messages):
+            if m["role"] == "assistant":
+                ids += [self.assistant_id, self.think_id, self.end_think_id]
+                ids += [*self.encode(m["content"]), self.eos_id]
+            else:
+                ids += self._turn(m["role"], m["content"])
+        ids += [self.assistant_id, self.think_id]
+        if not think:
+            ids.append(self.end_think_id)
+        return ids
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -266,6 +288,14 @@ class LocalHFTokenizer:
             return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
         head = f"{system}\n\n" if system is not None else ""
         return [self.bos_id, *self.encode(head + prompt)]
+
+    def generation_prompt(self, messages: list[dict[str, str]], think: bool = False) -> list[int]:
+        messages = check_messages(messages)
+        if getattr(self._tok, "chat_template", None):
+            text = self._render(messages, generation=True, think=think)
+            return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
+        # No template: the turns' texts in order, as chat_prompt joins a system and a prompt.
+        return [self.bos_id, *self.encode("\n\n".join(m["content"] for m in messages))]
 
     def chat(self, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
         """Through the model's own chat template (``apply_chat_template``).

@@ -17,6 +17,7 @@ from controlplane.api import errors, limits
 from controlplane.api import openapi as openapi_errors
 from controlplane.api.deps import SessionDep, authenticate_request
 from controlplane.api.routers import artifacts, audit, data, inventory, jobs, plan, tenancy
+from controlplane.api.routers import endpoints as endpoints_route
 from controlplane.api.routers import metrics as metrics_route
 from controlplane.audit import signing
 from controlplane.auth import client_address
@@ -24,10 +25,12 @@ from controlplane.db.engine import make_engine, migrate
 from controlplane.observability import tracing
 from controlplane.observability.metrics import RequestMetricsMiddleware
 from controlplane.portal import admin as portal_admin
+from controlplane.portal import endpoints as portal_endpoints
 from controlplane.portal import people as portal_people
 from controlplane.portal import routes as portal
 from controlplane.portal import views as portal_views
 from controlplane.services.bootstrap import BootstrapResult, bootstrap
+from controlplane.serving import gateway
 from controlplane.settings import Settings
 
 
@@ -130,7 +133,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.audit_key = signing.load_or_create(settings.resolved_audit_key_path)
     if settings.warm_planner:
         planning.warm_up_in_background()
-    errors.install(app, html=portal.error_page)
+    errors.install(app, html=portal.error_page, openai=gateway.error_response)
 
     app.state.rate_limiter = limits.RateLimiter(
         settings.rate_limit_per_s, settings.rate_limit_burst
@@ -140,6 +143,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         limits.RequestGuard,
         max_body_bytes=settings.max_request_bytes,
         authenticate=authenticate_request,
+        api_prefix=("/v1/", gateway.PREFIX + "/"),
     )
     app.add_middleware(RequestIdMiddleware)
     if settings.trusted_proxy_networks:
@@ -158,6 +162,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # a path, so the order changes nothing else (only the order of paths in /openapi.json).
     for module in (jobs, tenancy, inventory, data, plan, artifacts, audit, metrics_route):
         app.include_router(module.router)
+    app.include_router(endpoints_route.router)
+    app.include_router(gateway.router)
     _portal(app)
     _publish_job_configs(app)
     # Server and SQL spans only when the OTEL_* variables ask for export (once a process).
@@ -209,6 +215,7 @@ def _portal(app: FastAPI) -> None:
     app.include_router(portal.router)
     app.include_router(portal_people.router)
     app.include_router(portal_admin.router)
+    app.include_router(portal_endpoints.router)
     app.mount(
         "/portal/static", StaticFiles(directory=portal_views.WEB_DIR / "static"), name="portal"
     )

@@ -67,14 +67,19 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
 # Pages under this prefix (the portal) show errors as pages; ``install`` gets the renderer.
 HTML_PREFIX = "/portal"
 HtmlErrors = Callable[[Request, int, str, str, dict[str, Any]], Response]
+# Under this prefix (the serving gateway) errors have OpenAI's body, for OpenAI's clients.
+OPENAI_PREFIX = "/openai/"
+BodyErrors = Callable[[int, str, str, dict[str, Any]], Response]
 
 
-def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
+def install(app: FastAPI, html: HtmlErrors | None = None, openai: BodyErrors | None = None) -> None:
     def respond(
         request: Request, status: int, code: str, message: str, details: dict[str, Any]
     ) -> Response:
         if html is not None and request.url.path.startswith(HTML_PREFIX):
             return html(request, status, code, message, details)
+        if openai is not None and request.url.path.startswith(OPENAI_PREFIX):
+            return openai(status, code, message, details)
         return error_response(status, code, message, details)
 
     def nuri_error(request: Request, exc: NuriError) -> Response:

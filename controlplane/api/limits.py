@@ -130,15 +130,16 @@ def admit(limiter: RateLimiter, principal: Principal) -> None:
 
 class RequestGuard:
     """See the module. ``authenticate(request)`` is called (in the thread pool) before an API
-    body (a path under ``api_prefix``) is read; it returns the principal, which is kept in the
-    request's state so the route does not authenticate twice, or raises a NuriError."""
+    body (a path under ``api_prefix``, one prefix or several) is read; it returns the
+    principal, which is kept in the request's state so the route does not authenticate twice,
+    or raises a NuriError."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_body_bytes: int,
         authenticate: Any,
-        api_prefix: str = "/v1/",
+        api_prefix: str | tuple[str, ...] = "/v1/",
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes

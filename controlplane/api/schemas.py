@@ -251,14 +251,31 @@ GpuHours = Annotated[
 ]
 
 
+# Prompt + completion tokens the member's endpoints may serve in the period (the serving
+# gateway's ledger); a quadrillion is far past any cluster's year and fits a 64-bit sum.
+MAX_BUDGET_TOKENS = 10**15
+BudgetTokens = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_BUDGET_TOKENS,
+        description="token cap for the period (prompt + completion), at most 1e15; null: none",
+    ),
+]
+
+
 class BudgetCreate(Input):
     member: str
     period: Period
     gpu_hours: GpuHours
+    tokens: BudgetTokens | None = None
 
 
 class BudgetUpdate(Input):
-    gpu_hours: GpuHours
+    """What to change: fields left out stay as they are (``tokens: null`` removes the cap)."""
+
+    gpu_hours: GpuHours | None = None
+    tokens: BudgetTokens | None = None
 
 
 class BudgetForecast(Output):
@@ -283,6 +300,10 @@ class BudgetPublic(Output):
     gpu_hours: float
     used_gpu_hours: float = 0.0
     forecast: BudgetForecast | None = None
+    tokens: int | None = None
+    used_tokens: int = Field(
+        default=0, description="settled tokens plus open reservations of the period"
+    )
     updated_at: datetime
 
 

@@ -10,6 +10,7 @@ import typer
 
 from controlplane.cli.admin import admin_app, datasets_app
 from controlplane.cli.audit import audit_app
+from controlplane.cli.endpoints import endpoints_app
 from controlplane.cli.jobs import artifacts_app, jobs_app, submit, where
 from controlplane.cli.plan import plan
 from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(admin_app, name="admin")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(artifacts_app, name="artifacts")

@@ -192,6 +192,8 @@ class Budget(SQLModel, table=True):
     starts_at: datetime = Field(sa_type=UTCDateTime)
     ends_at: datetime = Field(sa_type=UTCDateTime)
     gpu_hours: float
+    # Prompt + completion tokens the member's endpoints may serve in the period; None: no cap.
+    tokens: int | None = Field(default=None, sa_type=BigInteger)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -296,6 +298,10 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # W3C traceparent of the job's trace (the submission's; see observability.tracing).
     traceparent: str | None = Field(default=None, max_length=55)
+    # kind "serve": the endpoint this job is a replica of (``controlplane.serving``).
+    endpoint_id: str | None = Field(
+        default=None, foreign_key="endpoint.id", index=True, max_length=40
+    )
 
 
 class JobEvent(SQLModel, table=True):
@@ -332,6 +338,73 @@ class UsageRecord(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     gpus: int
     gpu_seconds: float = 0.0
+
+
+# --- serving -------------------------------------------------------------------------------
+
+
+class EndpointState(StrEnum):
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class Endpoint(SQLModel, table=True):
+    """An online model: replicas (jobs of kind ``serve``) behind the OpenAI-compatible gateway.
+
+    ``name`` is what clients pass as ``model``. ``desired_replicas`` is the controller's
+    target between ``min_replicas`` and ``max_replicas`` (``controlplane.serving``).
+    """
+
+    __table_args__ = (UniqueConstraint("member_id", "name", name="uq_endpoint_member_name"),)
+
+    id: str = Field(default_factory=lambda: new_id("ep"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=40)
+    creator_id: str = Field(foreign_key="user.id", max_length=40)
+    name: str = Field(max_length=63)
+    model: str = Field(max_length=200)
+    # LoRA adapters served on the same replicas (Ray Serve multiplexing): name -> artifact id.
+    adapters: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    min_replicas: int
+    max_replicas: int
+    gpus_per_replica: int
+    allowed_pools: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    priority_class: str = Field(foreign_key="priorityclass.name", max_length=63)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default=EndpointState.ACTIVE.value, max_length=20)
+    desired_replicas: int = 0
+    last_request_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = 1
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TokenUsage(SQLModel, table=True):
+    """One gateway request: reserved before dispatch (worst case), settled after.
+
+    ``reserved_tokens`` is what the request may at most use (prompt + ``max_tokens``) while
+    ``settled_at`` is None; once settled, ``prompt_tokens`` + ``completion_tokens`` are what
+    it used and ``reserved_tokens`` is 0. Budgets count both (``controlplane.serving``).
+    """
+
+    __table_args__ = (
+        Index("ix_tokenusage_member_period", "member_id", "period"),
+        Index("ix_tokenusage_open", "endpoint_id", "settled_at"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("req"), primary_key=True, max_length=40)
+    member_id: str = Field(foreign_key="member.id", max_length=40)
+    endpoint_id: str = Field(foreign_key="endpoint.id", max_length=40)
+    token_id: str | None = Field(default=None, max_length=40)
+    job_id: str | None = Field(default=None, max_length=40)  # the replica that answered
+    adapter: str | None = Field(default=None, max_length=63)
+    period: str = Field(max_length=20)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    settled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reserved_tokens: int = Field(default=0, sa_type=BigInteger)
+    prompt_tokens: int = Field(default=0, sa_type=BigInteger)
+    completion_tokens: int = Field(default=0, sa_type=BigInteger)
+    outcome: str | None = Field(default=None, max_length=40)  # stop | length | disconnected | ...
 
 
 # --- audit ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from controlplane.observability import tracing
 from controlplane.scheduler.supervisor import JobSupervisor
+from controlplane.serving.names import SERVE_KIND, replica_app_name
 
 log = logging.getLogger("nuri.scheduler.ray")
 
@@ -107,10 +108,17 @@ class RayExecutor:
             return found
         except ValueError:
             pass
-        bundles = [
-            {"GPU": float(g), f"{POOL_PREFIX}{spec.pool}": float(g), f"{NODE_PREFIX}{n}": PIN}
-            for n, g in spec.assignment
-        ]
+        if spec.plan.get("kind") == SERVE_KIND:
+            # A replica's GPUs are reserved by its Serve deployment's own bundle, pinned to
+            # the same node (``controlplane.serving.replicas``): this group holds the pin only.
+            bundles: list[dict[str, float]] = [
+                {f"{NODE_PREFIX}{n}": PIN} for n, _ in spec.assignment
+            ]
+        else:
+            bundles = [
+                {"GPU": float(g), f"{POOL_PREFIX}{spec.pool}": float(g), f"{NODE_PREFIX}{n}": PIN}
+                for n, g in spec.assignment
+            ]
         hosts = {ray_nodes.get(n, n) for n, _ in spec.assignment}
         if len(bundles) == 1:
             strategy = "STRICT_PACK"
@@ -140,6 +148,10 @@ class RayExecutor:
         that makes no progress for ``ready_timeout_s`` while none of the others gets ready
         either is removed and its job reported (the scheduler puts it back in the queue).
         """
+        if any(spec.plan.get("kind") == SERVE_KIND for spec in specs):
+            from controlplane.serving import replicas
+
+            replicas.ensure_serve()  # once, here, before replicas' supervisors deploy
         groups = {spec.job_id: self._placement_group(spec, ray_nodes) for spec in specs}
         waiting = {groups[spec.job_id].ready(): spec for spec in specs}
         failed: dict[str, PlacementFailed] = {}
@@ -172,6 +184,8 @@ class RayExecutor:
             "plan": spec.plan,
             "placement_group": placement_group_name(spec.job_id, spec.attempt),
             "pool_resource": f"{POOL_PREFIX}{spec.pool}",
+            "pool": spec.pool,
+            "assignment": [[n, g] for n, g in spec.assignment],
             "traceparent": spec.traceparent,
         }
         ray.remote(JobSupervisor).options(
@@ -247,11 +261,16 @@ class RayExecutor:
         if sup is not None:
             sup.preempt.remote(deadline)
 
-    def teardown(self, job_id: str, attempt: int) -> None:
-        """Kill the supervisor (its ranks die with it) and free the bundles. Idempotent."""
+    def teardown(self, job_id: str, attempt: int, serve: bool = False) -> None:
+        """Kill the supervisor (its ranks die with it) and free the bundles; ``serve``: an
+        endpoint's replica, whose Serve application is deleted too. Idempotent."""
         sup = self._supervisor(job_id)
         if sup is not None:
             ray.kill(sup, no_restart=True)
+        if serve:
+            from controlplane.serving import replicas
+
+            replicas.delete(replica_app_name(job_id, attempt))
         try:
             pg = ray.util.get_placement_group(placement_group_name(job_id, attempt))
         except ValueError:

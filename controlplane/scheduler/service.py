@@ -53,6 +53,8 @@ from controlplane.scheduler.executor import (
 )
 from controlplane.scheduler.snapshot import build, held_assignments
 from controlplane.services import artifacts
+from controlplane.serving import controller
+from controlplane.serving.names import SERVE_KIND
 from controlplane.usage import close_usage, open_usage
 
 log = logging.getLogger("nuri.scheduler")
@@ -151,6 +153,7 @@ class SchedulerService:
             self.last_report = report
             return report
         try:
+            self._endpoints(now)
             inventory = self._inventory()
             report.unknown_nodes = inventory.unknown
             self._observe(inventory, report)
@@ -163,6 +166,19 @@ class SchedulerService:
         metrics.record_cycle(report, time.monotonic() - started)
         self.last_report = report
         return report
+
+    def _endpoints(self, now: datetime) -> None:
+        """Endpoints' replica jobs in step with their targets (``serving.controller``), before
+        this cycle's snapshot so new replicas are admitted in it."""
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            done = controller.reconcile(s, now)
+        if done.created or done.cancelled:
+            log.info(
+                "endpoints: %d replica(s) created, %d cancelled",
+                len(done.created),
+                len(done.cancelled),
+            )
 
     def _inventory(self) -> Inventory:
         with Session(self.db) as s:
@@ -207,7 +223,7 @@ class SchedulerService:
             # Finished (or requeued) but still holding Ray resources: free them exactly once.
             # A cancelled job held its GPUs until now (its grace to checkpoint): billed so.
             self._cancel_deadline.pop(job.id, None)
-            self.ray.teardown(job.id, job.attempt)
+            self.ray.teardown(job.id, job.attempt, serve=job.kind == SERVE_KIND)
             ended = self.clock() if status is S.CANCELLED else job.finished_at or self.clock()
             self._release(job, ended, report)
             return
@@ -264,7 +280,11 @@ class SchedulerService:
             status is S.PREEMPTING and job.preempt_deadline and now >= job.preempt_deadline
         ):
             self._requeue_after_preemption(job, report)
-        elif job.started_at and (now - job.started_at).total_seconds() > job.max_runtime_s:
+        elif (
+            job.started_at
+            and job.kind != SERVE_KIND  # a replica runs while its endpoint wants it
+            and (now - job.started_at).total_seconds() > job.max_runtime_s
+        ):
             self._finish(
                 job,
                 S.FAILED,
@@ -362,7 +382,7 @@ class SchedulerService:
                     output.config,
                 )
             s.commit()
-        self.ray.teardown(job.id, job.attempt)
+        self.ray.teardown(job.id, job.attempt, serve=job.kind == SERVE_KIND)
         job.status = to.value
         self._release(job, now, report)
         report.finished[job.id] = to.value
@@ -403,7 +423,7 @@ class SchedulerService:
         self, job: Job, message: str, code: str, report: CycleReport, preempted: bool
     ) -> None:
         now = self.clock()
-        self.ray.teardown(job.id, job.attempt)
+        self.ray.teardown(job.id, job.attempt, serve=job.kind == SERVE_KIND)
         started = time.time_ns()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)

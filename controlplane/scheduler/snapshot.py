@@ -66,6 +66,20 @@ def _usage_rows(
     return session.connection().execute(query).all()
 
 
+# A job that opted into preemption in a class that is not preemptible (a burst replica of an
+# endpoint, ``JobCreate.preemptible``) keeps its class's priority but is preemptible: the
+# engine reads preemptibility from the class, so it gets this twin of its class.
+OPTED_IN = "+preemptible"
+
+
+def class_of(job: Job, classes: dict[str, PriorityClass]) -> str:
+    """The engine's priority class for ``job`` (see :data:`OPTED_IN`)."""
+    pc = classes.get(job.priority_class)
+    if job.preemptible and pc is not None and not pc.preemptible:
+        return job.priority_class + OPTED_IN
+    return job.priority_class
+
+
 def build(
     session: Session, alive_nodes: set[str], now: datetime, config: quotas.EngineConfig
 ) -> quotas.Snapshot:
@@ -74,6 +88,7 @@ def build(
     pool_by_name = {p.name: p for p in pools.values()}
     nodes = session.exec(select(Node)).all()
 
+    classes = {pc.name: pc for pc in session.exec(select(PriorityClass)).all()}
     used: dict[str, int] = defaultdict(int)
     running: list[quotas.RunningWorkload] = []
     holders = held_assignments(session)
@@ -88,7 +103,7 @@ def build(
                     job_id=job.id,
                     member=job.member_id,
                     pool=job.pool,
-                    priority_class=job.priority_class,
+                    priority_class=class_of(job, classes),
                     assignments=tuple((str(n), int(g)) for n, g in job.assignment),
                     started_at=started.timestamp(),
                     max_runtime=float(job.max_runtime_s),
@@ -198,7 +213,7 @@ def build(
             job_id=j.id,
             member=j.member_id,
             gpus=j.gpus,
-            priority_class=j.priority_class,
+            priority_class=class_of(j, classes),
             submitted_at=j.created_at.timestamp(),
             max_runtime=float(j.max_runtime_s),
             allowed_pools=tuple(
@@ -225,8 +240,13 @@ def build(
         cohorts=(quotas.Cohort(name=COHORT),),
         members=tuple(snap_members),
         priority_classes=tuple(
-            quotas.PriorityClass(name=pc.name, value=pc.value, preemptible=pc.preemptible)
-            for pc in session.exec(select(PriorityClass)).all()
+            quotas.PriorityClass(name=name, value=pc.value, preemptible=preemptible)
+            for pc in classes.values()
+            for name, preemptible in (
+                ((pc.name, True),)
+                if pc.preemptible
+                else ((pc.name, False), (pc.name + OPTED_IN, True))
+            )
         ),
         running=tuple(running),
         pending=tuple(pending),

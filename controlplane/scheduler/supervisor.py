@@ -23,6 +23,7 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from controlplane.observability import tracing
+from controlplane.serving.names import SERVE_KIND, replica_app_name, replica_deployment_name
 
 RANK_STATES = ("starting", "running", "succeeded", "failed", "preempted")
 ENDED = ("succeeded", "failed", "preempted")
@@ -207,6 +208,9 @@ class JobSupervisor:
         self._stopping = False
         self._status_lock = threading.Lock()
         self._buffer: list[dict[str, Any]] = []
+        self._replica: Any = None  # kind serve: the Serve application's watch
+        self._replica_now: Any = None  # its last state (``_watch_replica``)
+        self._replica_seen = ""
         tracing.configure("nuri-worker")
         self._span = tracing.start_span(
             "job.run",
@@ -235,7 +239,10 @@ class JobSupervisor:
             if self._stopping:
                 self._phase = "stopped"
                 return
-            self._start_ranks()
+            if self.plan["kind"] == SERVE_KIND:
+                self._start_replica()
+            else:
+                self._start_ranks()
             self._phase = "started"
         except Exception as exc:
             from workers.staging import StagingError
@@ -314,6 +321,66 @@ class JobSupervisor:
             for r in ranks:
                 r.stop.remote()
 
+    def _start_replica(self) -> None:
+        """An endpoint's replica: one Serve application whose deployment reserves the GPUs
+        on the node the engine chose (``controlplane.serving.replicas``)."""
+        from controlplane.serving import replicas
+
+        node, gpus = self.spec["assignment"][0]
+        app = replica_app_name(self.job_id, self.attempt)
+        replicas.deploy(
+            self.plan,
+            app=app,
+            deployment=replica_deployment_name(self.job_id),
+            pool=self.spec["pool"],
+            node=str(node),
+            gpus=int(gpus),
+        )
+        self._replica = replicas.Watch(app)
+        threading.Thread(
+            target=self._watch_replica, name=f"nuri-replica-{self.job_id}", daemon=True
+        ).start()
+        self._record({"type": "log", "line": f"Serve application {app} deployed on {node}"})
+        self._span.add_event("replica deployed", {"nuri.serve.app": app})
+        if self._stopping:
+            replicas.delete(app)
+
+    def _watch_replica(self) -> None:
+        """Read the application's state every second, off the ``status`` path: Serve's
+        controller can be slow to answer (deleting an application waits out its graceful
+        shutdown), and ``status`` must answer the control plane at once."""
+        from controlplane.serving import replicas
+
+        while True:
+            try:
+                got = self._replica.state()
+            except Exception as exc:  # the controller unreachable for now: say so, go on
+                got = replicas.AppState(replicas.STARTING, f"Serve status unavailable: {exc}")
+            self._replica_now = got
+            if got.state != self._replica_seen:  # the job's log says how the replica fares
+                self._replica_seen = got.state
+                line = f"replica {got.state}" + (f": {got.message}" if got.message else "")
+                self._record({"type": "log", "line": line[:2000]})
+            if self._stopping and got.state == replicas.GONE:
+                return
+            time.sleep(1.0)
+
+    def _replica_state(self) -> tuple[list[str], list[str]]:
+        """The replica's Serve application as rank states (a replica never succeeds).
+        Called under ``_status_lock``: reads the watch's last state, records nothing."""
+        from controlplane.serving import replicas
+
+        got = self._replica_now
+        if got is None:
+            return ["running"], []  # deployed, not read yet
+        if self._stopping:
+            if got.state == replicas.GONE:
+                return ["preempted"], []
+            return ["running"], []
+        if got.state in (replicas.FAILED, replicas.GONE):
+            return ["failed"], [got.message]
+        return ["running"], []
+
     def ping(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "started_at": self.started_at}
 
@@ -338,6 +405,8 @@ class JobSupervisor:
             states, errors = ["failed"], [self._failure or "could not start"]
         elif self._phase == "stopped":
             states = ["preempted"]
+        elif self._replica is not None:
+            states, errors = self._replica_state()
         elif self.ranks:
             states, errors = self._poll_ranks(timeout_s)
         else:
@@ -397,3 +466,7 @@ class JobSupervisor:
         self._stopping = True
         for r in self.ranks:
             r.stop.remote()
+        if self._replica is not None:
+            from controlplane.serving import replicas
+
+            replicas.delete(self._replica.app)  # drains: the gateway stops routing to it

@@ -17,6 +17,7 @@ from controlplane.db.models import Budget, Node, NodeStatus, Pool, PriorityClass
 from controlplane.db.types import utcnow
 from controlplane.errors import Conflict, InvalidRequest, NotFound
 from controlplane.services import catalog, lookup, paging
+from controlplane.serving.metering import months_between, tokens_charged
 from controlplane.usage import running_gpu_seconds
 from quotas.budgets import forecast as budget_forecast
 from quotas.snapshot import Budget as QuotaBudget
@@ -394,6 +395,9 @@ def budget_public(session: Session, row: Budget) -> schemas.BudgetPublic:
     now = utcnow()
     out = schemas.BudgetPublic.model_validate(row)
     out.used_gpu_hours = used_gpu_hours(session, row.member_id, row.starts_at, row.ends_at, now)
+    out.used_tokens = tokens_charged(
+        session, row.member_id, months_between(row.starts_at, row.ends_at)
+    )
     if row.starts_at <= now < row.ends_at:
         in_use = session.exec(
             select(func.coalesce(func.sum(UsageRecord.gpus), 0)).where(
@@ -451,6 +455,7 @@ def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreat
         starts_at=start,
         ends_at=end,
         gpu_hours=body.gpu_hours,
+        tokens=body.tokens,
     )
     session.add(row)
     audit_log.record(
@@ -461,7 +466,7 @@ def create_budget(session: Session, caller: Principal, body: schemas.BudgetCreat
         row.id,
         stream=member.id,
         now=utcnow(),
-        details={"period": row.period, "gpu_hours": row.gpu_hours},
+        details={"period": row.period, "gpu_hours": row.gpu_hours, "tokens": row.tokens},
     )
     session.commit()
     return row
@@ -485,7 +490,11 @@ def update_budget(
 ) -> Budget:
     row = get_budget(session, caller, budget_id)
     caller.require_platform_admin()
-    row.gpu_hours = body.gpu_hours
+    changes = body.model_dump(include=body.model_fields_set & {"gpu_hours", "tokens"})
+    if changes.get("gpu_hours", 0) is None:
+        raise InvalidRequest("gpu_hours cannot be null", details={"field": "gpu_hours"})
+    for name, value in changes.items():
+        setattr(row, name, value)
     row.updated_at = now
     session.add(row)
     audit_log.record(
@@ -496,7 +505,7 @@ def update_budget(
         row.id,
         stream=row.member_id,
         now=now,
-        details={"gpu_hours": body.gpu_hours},
+        details=changes,
     )
     session.commit()
     return row

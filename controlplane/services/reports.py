@@ -1,4 +1,5 @@
-"""Usage reports: GPU-hours per member and pool for a period, from the usage records.
+"""Usage reports: GPU-hours per member and pool for a period, from the usage records, and
+the serving gateway's tokens per member, endpoint and month beside them (``token_lines``).
 
 Exact through preemptions and restarts (a record per job attempt, split at month ends, see
 ``controlplane.usage``); running attempts count up to ``now``. Scoped like every listing: a
@@ -9,19 +10,24 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from controlplane.auth import Principal
-from controlplane.db.models import Member, Pool, UsageRecord
+from controlplane.db.models import Endpoint, Member, Pool, TokenUsage, UsageRecord
 from controlplane.services import lookup
 from controlplane.services.inventory import period_bounds
+from controlplane.serving.metering import months_between
 from controlplane.usage import running_gpu_seconds
 
 CSV_COLUMNS = ("member", "pool", "jobs", "attempts", "gpu_hours", "running_attempts")
+# Appended when the period has token usage: those rows leave the GPU columns empty.
+TOKEN_CSV_COLUMNS = ("endpoint", "month", "requests", "prompt_tokens", "completion_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +41,29 @@ class UsageLine:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLine:
+    """Settled gateway requests of one endpoint in one month (open ones count once settled)."""
+
+    member: str
+    endpoint: str
+    month: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class UsageReport:
     period: str
     starts_at: datetime
     ends_at: datetime
     generated_at: datetime
     lines: list[UsageLine]
+    token_lines: list[TokenLine] = field(default_factory=list)
 
     @property
     def total_gpu_hours(self) -> float:
@@ -54,6 +77,10 @@ class UsageReport:
             "generated_at": self.generated_at,
             "total_gpu_hours": self.total_gpu_hours,
             "lines": [asdict(line) for line in self.lines],
+            "total_tokens": sum(t.total_tokens for t in self.token_lines),
+            "token_lines": [
+                {**asdict(t), "total_tokens": t.total_tokens} for t in self.token_lines
+            ],
         }
 
     @property
@@ -63,9 +90,14 @@ class UsageReport:
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
+        tokens = bool(self.token_lines)
+        writer.writerow(CSV_COLUMNS + (TOKEN_CSV_COLUMNS if tokens else ()))
         for line in self.lines:
-            writer.writerow([getattr(line, c) for c in CSV_COLUMNS])
+            gpu = [getattr(line, c) for c in CSV_COLUMNS]
+            writer.writerow(gpu + ([""] * len(TOKEN_CSV_COLUMNS) if tokens else []))
+        for t in self.token_lines:
+            head = [t.member] + [""] * (len(CSV_COLUMNS) - 1)
+            writer.writerow(head + [getattr(t, c) for c in TOKEN_CSV_COLUMNS])
         return out.getvalue()
 
 
@@ -97,4 +129,41 @@ def usage_report(
         )
         for (m, p), s in sorted(seconds.items())
     ]
-    return UsageReport(period, start, end, now, lines)
+    member_id = lookup.member(session, member, caller).id if member else None
+    tokens = _token_lines(session, caller, member_id, months_between(start, end), members)
+    return UsageReport(period, start, end, now, lines, tokens)
+
+
+def _token_lines(
+    session: Session,
+    caller: Principal,
+    member_id: str | None,
+    months: tuple[str, ...],
+    members: dict[str, str],
+) -> list[TokenLine]:
+    """Settled requests per member, endpoint and month of the period."""
+    t = TokenUsage
+    stmt = sa_select(
+        col(t.member_id),
+        col(t.endpoint_id),
+        col(t.period),
+        func.count(),
+        func.coalesce(func.sum(t.prompt_tokens), 0),
+        func.coalesce(func.sum(t.completion_tokens), 0),
+    ).where(col(t.period).in_(months), col(t.settled_at).is_not(None))
+    if not caller.reads_all_members:  # as lookup.scoped does for the GPU lines
+        stmt = stmt.where(col(t.member_id) == (caller.member_id or ""))
+    if member_id is not None:
+        stmt = stmt.where(col(t.member_id) == member_id)
+    stmt = stmt.group_by(col(t.member_id), col(t.endpoint_id), col(t.period))
+    rows = session.execute(stmt).all()
+    names = dict(
+        session.exec(
+            select(Endpoint.id, Endpoint.name).where(col(Endpoint.id).in_({r[1] for r in rows}))
+        ).all()
+    )
+    lines = [
+        TokenLine(members.get(m, m), names.get(e, e), month, int(n), int(prompt), int(completion))
+        for m, e, month, n, prompt, completion in rows
+    ]
+    return sorted(lines, key=lambda x: (x.member, x.endpoint, x.month))

@@ -52,6 +52,9 @@ PORTAL_FORMS = (
     "/portal/admin/members",
     "/portal/admin/quotas",
     "/portal/admin/budgets",
+    "/portal/endpoints/new",
+    "/portal/endpoints/x/delete",
+    "/portal/endpoints/x/playground",
 )
 
 

@@ -73,6 +73,13 @@ COVERED = {
     ("POST", "/v1/jobs/{job_id}/cancel"),
     ("GET", "/v1/jobs/{job_id}/events"),
     ("GET", "/v1/usage"),
+    # Endpoints: another member's is a 404 like a missing one, tested with the endpoints
+    # (tests/integration/serving/test_endpoints_api.py).
+    ("POST", "/v1/endpoints"),
+    ("GET", "/v1/endpoints"),
+    ("GET", "/v1/endpoints/{name}"),
+    ("PATCH", "/v1/endpoints/{name}"),
+    ("DELETE", "/v1/endpoints/{name}"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ POOL = "kr-ray-h200"
 NODES = [f"{POOL}-{i:03d}" for i in range(3)]
 # How long a test waits for a condition (a job's status, a checkpoint) before it fails:
 # generous, for a machine loaded by other test runs; pytest's timeout still bounds each test.
-WAIT_S = 300.0
+WAIT_S = float(os.environ.get("NURI_TEST_WAIT_S", "300"))
 
 
 def node_args(name: str) -> dict[str, Any]:
