@@ -170,6 +170,55 @@ class NuriClient:
                 return job
             time.sleep(poll_s)
 
+    def job_logs(
+        self,
+        job_id: str,
+        *,
+        tail: int | None = None,
+        attempt: int | None = None,
+        after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Log lines, oldest first: the last ``tail`` of an attempt (default: the current
+        one) or, with ``after_id``, the first ``tail`` after that line's id."""
+        params = {"tail": tail, "attempt": attempt, "after_id": after_id}
+        return list(self.request("GET", f"/v1/jobs/{job_id}/logs", params=params)["items"])
+
+    def follow_logs(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        after_id: int = 0,
+        poll_s: float = 1.0,
+        settle_s: float = 600.0,
+        page: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Each log line after ``after_id`` of ``attempt`` and of every later attempt, exactly
+        once and in order, as it is stored; ends once the job is finished and its workers
+        are gone (a cancelled job may still log while it checkpoints), or ``settle_s`` after
+        it was seen finished if they never go. Read the final status with ``get_job``."""
+        cursor, finished_at = after_id, None
+        while True:
+            # The job first, then the lines: every line stored before this read is drained
+            # below, so a finished job with no workers left has nothing more to say.
+            job = self.get_job(job_id)
+            while True:
+                while True:
+                    rows = self.job_logs(job_id, tail=page, attempt=attempt, after_id=cursor)
+                    for row in rows:
+                        cursor = max(cursor, int(row["id"]))
+                        yield row
+                    if len(rows) < page:
+                        break
+                if attempt >= job["attempt"]:
+                    break
+                attempt += 1  # a retry or a preemption: the next attempt's lines follow
+            if job["status"] in TERMINAL_STATUSES:
+                finished_at = finished_at if finished_at is not None else time.monotonic()
+                if not job.get("assignment") or time.monotonic() - finished_at > settle_s:
+                    return
+            time.sleep(poll_s)
+
     # --- everything else ---------------------------------------------------------------------
 
     def whoami(self) -> Any:

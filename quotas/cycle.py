@@ -119,6 +119,10 @@ class CycleState:
         # Jobs admitted (or promised a preemption) this cycle: (end, placement) per pool, so
         # backfill timelines and ETAs see when they release their GPUs.
         self.admitted_ends: dict[str, list[tuple[float, Placement]]] = {p: [] for p in self.pools}
+        # The same jobs as (end, job id, member, GPUs): when their quota usage frees (ETAs).
+        self.admitted_usage: dict[str, list[tuple[float, str, str, int]]] = {
+            p: [] for p in self.pools
+        }
         self.preemption_attempts = 0
         # Per pool, the running jobs that may be victims, cheapest first (built lazily).
         self.victims: dict[str, list[RunningRecord]] = {}

@@ -43,6 +43,7 @@ from quotas.explain import (
     QUOTA,
     Deferred,
     PendingRecord,
+    QuotaClock,
     ReasonWriter,
     estimate_etas,
     rank,
@@ -526,15 +527,26 @@ class _Cycle:
         cost = job.gpus * min(job.max_runtime, state.budget_window[member]) / 3600.0
         if cost <= left + 1e-9:
             return False
-        budget = state.members[member].budget
-        reason = Reason(
-            codes.BUDGET_EXHAUSTED,
-            f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
-            f"(GPUs x max runtime, up to the period's end), {max(0.0, left):.1f} left "
-            "this period",
-        )
-        eta = budget.period_end if budget is not None else None
-        self.waiting.append(PendingRecord(job, [reason], None, eta, True))
+        if self.explain:
+            budget = state.members[member].budget
+            ends = ""
+            if budget is not None:
+                ends = (
+                    f" (it ends {relative(budget.period_end, state.now)})"
+                    if budget.period_end > state.now
+                    else " (it has ended)"
+                )
+            # No ETA: a budget is not refilled within its period, and the snapshot does not
+            # say what (if anything) the next period grants.
+            reason = Reason(
+                codes.BUDGET_EXHAUSTED,
+                f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
+                f"(GPUs x max runtime, up to the period's end), {max(0.0, left):.1f} left "
+                f"this period{ends}; no estimate: it waits for the next period's budget",
+            )
+            self.waiting.append(PendingRecord(job, [reason], None, None, True))
+        else:
+            self.waiting.append(PendingRecord(job, [], None, None, True))
         return True
 
     def _signature(self, head: Head, end: float) -> tuple[object, ...]:
@@ -603,6 +615,7 @@ class _Cycle:
         for i, g in plan.placement:
             index.take(i, max(0, g - plan.freed.get(i, 0)))
         state.admitted_ends[pool].append((ready + job.max_runtime, plan.placement))
+        state.admitted_usage[pool].append((ready + job.max_runtime, job.job_id, job.member, gpus))
         victims = len(plan.victims)
         reasons.insert(
             0,
@@ -651,6 +664,7 @@ class _Cycle:
                 job.gpus, job.max_runtime, state.budget_window[job.member]
             )
         state.admitted_ends[pool].append((end, placement))
+        state.admitted_usage[pool].append((end, job.job_id, job.member, gpus))
         names = state.index[pool].names_of(placement)
         backfilled = pool in state.reservations
         self.admitted.append(Admit(job.job_id, pool, names, borrowing, backfilled))
@@ -689,8 +703,9 @@ class _Cycle:
         """Assemble the cycle's decisions (explanations only when configured)."""
         pending: tuple[Pending, ...] = ()
         if self.explain:
-            writer = ReasonWriter(self.state)
-            etas = estimate_etas(self.state, self.waiting)
+            clock = QuotaClock(self.state)
+            writer = ReasonWriter(self.state, clock)
+            etas = estimate_etas(self.state, self.waiting, clock)
             nuri = self.state.config.policy == "nuri"
             fair, total = self.state.fair, len(self.waiting)
             # Many jobs wait for the same reasons: rank each distinct list once, and write

@@ -26,6 +26,7 @@ from controlplane.observability import tracing
 from controlplane.observability.metrics import RequestMetricsMiddleware
 from controlplane.portal import admin as portal_admin
 from controlplane.portal import endpoints as portal_endpoints
+from controlplane.portal import live as portal_live
 from controlplane.portal import people as portal_people
 from controlplane.portal import routes as portal
 from controlplane.portal import views as portal_views
@@ -213,6 +214,7 @@ def _portal(app: FastAPI) -> None:
     from fastapi.staticfiles import StaticFiles
 
     app.include_router(portal.router)
+    app.include_router(portal_live.router)  # after /portal/jobs/new: it owns /jobs/{id}
     app.include_router(portal_people.router)
     app.include_router(portal_admin.router)
     app.include_router(portal_endpoints.router)

@@ -497,6 +497,7 @@ class JobEventPublic(Output):
 
 
 class JobLogPublic(Output):
+    id: int = Field(description="increases with each line: pass it as `after_id` to follow")
     attempt: int
     at: datetime
     line: str

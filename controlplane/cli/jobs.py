@@ -1,15 +1,30 @@
-"""`nuri submit` and `nuri jobs list|get|cancel|events`."""
+"""`nuri submit` and `nuri jobs list|get|cancel|events|logs|watch|wait`."""
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.live import Live
+from rich.table import Table
 
-from controlplane.cli.session import call, console, emit, fail, parse_duration
+from controlplane.cli.session import (
+    api_errors,
+    call,
+    client,
+    console,
+    emit,
+    err_console,
+    fail,
+    parse_duration,
+    progress,
+)
+from controlplane.client import TERMINAL_STATUSES, NuriConnectionError
 
 jobs_app = typer.Typer(help="Follow and manage your member's jobs.", no_args_is_help=True)
 artifacts_app = typer.Typer(help="What your member's jobs wrote.", no_args_is_help=True)
@@ -177,7 +192,8 @@ def wait_job(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the status")] = False,
 ) -> None:
     """Wait until a job is finished; exit 0 when it SUCCEEDED, 1 otherwise."""
-    job = call(lambda c: c.wait(job_id, timeout_s=parse_duration(timeout)))
+    with progress(f"waiting for {job_id} to finish"):
+        job = call(lambda c: c.wait(job_id, timeout_s=parse_duration(timeout)))
     reason = (job.get("reasons") or [{}])[0].get("message", "")
     if quiet:
         print(job["status"])
@@ -187,6 +203,177 @@ def wait_job(
         fail(f"{job_id} is still {job['status']} after {timeout}", code=1)
     if job["status"] != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+@jobs_app.command("logs")
+def job_logs(
+    job_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new lines until the job ends")
+    ] = False,
+    tail: Annotated[
+        int, typer.Option("--tail", "-n", min=1, max=5000, help="start with the last N lines")
+    ] = 200,
+    attempt: Annotated[
+        int | None, typer.Option(min=1, help="an earlier attempt's lines (default: current)")
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.01, hidden=True)] = 1.0,
+) -> None:
+    """Print a job's log lines (stdout: the lines only, ready for grep).
+
+    With --follow, new lines are printed as they are stored, each exactly once, and those of
+    a retried or resumed attempt follow on; it ends by itself when the job is finished,
+    printing its final status on stderr, and exits like `nuri jobs wait`: 0 when the job
+    SUCCEEDED, 1 when it FAILED, was CANCELLED or REJECTED. Ctrl-C stops following
+    (exit 130) and leaves the job running.
+    """
+    with api_errors(), client() as c:
+        try:
+            job = c.get_job(job_id)
+            current = attempt or job["attempt"]
+            rows = c.job_logs(job_id, tail=tail, attempt=current)
+            for row in rows:
+                _print_line(row["line"])
+            if not follow:
+                return
+            after = max((int(r["id"]) for r in rows), default=0)
+            for row in c.follow_logs(job_id, attempt=current, after_id=after, poll_s=interval):
+                if row["attempt"] != current:
+                    current = row["attempt"]
+                    err_console.print(f"[dim]--- attempt {current} ---[/]")
+                _print_line(row["line"])
+            job = c.get_job(job_id)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    reason = (job.get("reasons") or [{}])[0].get("message", "")
+    err_console.print(f"{job['id']} is {job['status']}" + (f": {reason}" if reason else ""))
+    if job["status"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _print_line(line: str) -> None:
+    # Plain print, flushed: a log line is not rich markup, and a pipe sees it at once.
+    print(line, flush=True)
+
+
+WATCH_COLUMNS = ["id", "name", "status", "pool", "GPUs", "queue / progress", "age"]
+
+
+@jobs_app.command("watch")
+def watch_jobs(
+    status: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="only jobs I submitted")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 2.0,
+) -> None:
+    """A live table of your member's jobs, newest first, until Ctrl-C.
+
+    When stdout is not a terminal it prints the table once and exits (for scripts).
+    """
+    filters = {"status": status, "submitter": "me" if mine else None, "limit": limit}
+    with api_errors(), client() as c:
+        page = c.list_jobs(**filters)
+        if not console.is_terminal:
+            console.print(_watch_table(page["items"], datetime.now(UTC)))
+            return
+        try:
+            with Live(
+                _watch_table(page["items"], datetime.now(UTC), "Ctrl-C to stop"),
+                console=console,
+                auto_refresh=False,
+            ) as live:
+                while True:
+                    time.sleep(interval)
+                    note = "Ctrl-C to stop"
+                    try:
+                        page = c.list_jobs(**filters)
+                    except NuriConnectionError:  # a restarting server: keep the last table
+                        note = "cannot reach Nuri; retrying"
+                    live.update(_watch_table(page["items"], datetime.now(UTC), note), refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+def _watch_table(jobs: list[dict[str, Any]], now: datetime, note: str = "") -> Table:
+    title = f"jobs at {now.astimezone():%H:%M:%S}"
+    table = Table(title=title, caption=note or None, caption_justify="left")
+    for column in WATCH_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        table.add_row(
+            job["id"],
+            job["name"],
+            _status_cell(job["status"]),
+            job.get("pool") or "-",
+            str(job["gpus"]),
+            _progress_cell(job, now),
+            _ago(_when(job["created_at"]), now),
+        )
+    return table
+
+
+_STATUS_STYLE = {
+    "RUNNING": "green",
+    "SUCCEEDED": "bold green",
+    "FAILED": "bold red",
+    "REJECTED": "red",
+    "CANCELLED": "dim",
+    "PREEMPTING": "yellow",
+}
+
+
+def _status_cell(status: str) -> str:
+    style = _STATUS_STYLE.get(status)
+    return f"[{style}]{status}[/]" if style else status
+
+
+def _progress_cell(job: dict[str, Any], now: datetime) -> str:
+    """Queued: place and ETA; running: time used of the job's maximum runtime."""
+    status = job["status"]
+    if status == "QUEUED":
+        parts = []
+        if job.get("queue_position"):
+            parts.append(f"#{job['queue_position']}")
+        if job.get("eta"):
+            parts.append(f"starts in ~{_span(_when(job['eta']) - now)}")
+        reason = (job.get("reasons") or [{}])[0].get("code")
+        return ", ".join(parts) or (reason or "waiting")
+    if status in ("RUNNING", "PREEMPTING") and job.get("started_at"):
+        used = (now - _when(job["started_at"])).total_seconds()
+        limit = job.get("max_runtime_s") or 0
+        text = f"{_span_s(used)} of {_span_s(limit)}" if limit else _span_s(used)
+        if limit:
+            text += f" ({min(100, int(100 * used / limit))}%)"
+        if status == "PREEMPTING" and job.get("preempt_deadline"):
+            text += f", stops in {_span(_when(job['preempt_deadline']) - now)}"
+        return text
+    if status in TERMINAL_STATUSES and job.get("finished_at"):
+        return f"ended {_ago(_when(job['finished_at']), now)} ago"
+    return "-"
+
+
+def _when(text: str) -> datetime:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _ago(at: datetime, now: datetime) -> str:
+    return _span(now - at)
+
+
+def _span(delta: timedelta) -> str:
+    return _span_s(delta.total_seconds())
+
+
+def _span_s(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 @jobs_app.command("metrics")

@@ -13,7 +13,15 @@ from controlplane.cli.audit import audit_app
 from controlplane.cli.endpoints import endpoints_app
 from controlplane.cli.jobs import artifacts_app, jobs_app, submit, where
 from controlplane.cli.plan import plan
-from controlplane.cli.session import DEFAULT_URL, api_errors, console, emit, fail, save_config
+from controlplane.cli.session import (
+    DEFAULT_URL,
+    api_errors,
+    console,
+    emit,
+    fail,
+    progress,
+    save_config,
+)
 from controlplane.cli.simulate import simulate
 from controlplane.cli.token import token_app
 from controlplane.client import NuriClient
@@ -80,7 +88,8 @@ def up(
     engine = api.state.engine
     _serve_metrics(settings, engine)
     if demo:
-        summary = demo_seed.seed(engine, boot.admin_user_id, utcnow())
+        with progress("seeding the demo consortium"):
+            summary = demo_seed.seed(engine, boot.admin_user_id, utcnow())
         console.print(
             f"demo consortium: {summary.members} members, {summary.pools} pools "
             f"({summary.created} objects created now)"
@@ -94,7 +103,8 @@ def up(
         with Session(engine) as s:
             gpus = {p.name: pool_capacity(s, p.id)[1] for p in list_pools(s)}
             node_names = list(s.exec(select(Node.name)).all())
-        info = ray_runtime.start(gpus, settings.ray_address, node_names)
+        with progress("starting Ray" if not settings.ray_address else "joining Ray"):
+            info = ray_runtime.start(gpus, settings.ray_address, node_names)
         console.print(
             f"ray: {info.address or 'local'} with "
             f"{int(info.resources.get('GPU', 0))} logical GPUs in {len(gpus)} pools"

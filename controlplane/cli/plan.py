@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controlplane.cli.session import progress
 from workers.planner import JOB_KINDS, PRECISIONS, Plan, PlanError, PoolSpec
 from workers.planner import plan as compute_plan
 from workers.presets import PRESETS
@@ -78,18 +79,21 @@ def plan(
 ) -> None:
     """Plan the GPUs, ZeRO stage and memory per GPU of a job on A.X K1 or a derived model."""
     console = Console()
+    # The first plan of a process imports torch and transformers and builds the model on the
+    # meta device to count its parameters: seconds when warm, half a minute from a cold disk.
     try:
-        pool = PoolSpec(gpu_memory_gib=gpu_memory_gib, gpus_per_node=gpus_per_node)
-        result = compute_plan(
-            model,
-            kind,
-            precision,
-            seq_len,
-            batch,
-            pool,
-            teacher=teacher,
-            lora_rank=lora_rank,
-        )
+        with progress(f"planning {kind} of {model} (loading torch and the model's shapes)"):
+            pool = PoolSpec(gpu_memory_gib=gpu_memory_gib, gpus_per_node=gpus_per_node)
+            result = compute_plan(
+                model,
+                kind,
+                precision,
+                seq_len,
+                batch,
+                pool,
+                teacher=teacher,
+                lora_rank=lora_rank,
+            )
     except PlanError as exc:
         Console(stderr=True).print(f"[red]cannot plan:[/red] {exc}")
         raise typer.Exit(code=2) from exc

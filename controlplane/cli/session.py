@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controlplane.client import NuriAPIError, NuriClient, NuriConnectionError
@@ -61,6 +63,39 @@ def client() -> NuriClient:
     # submit`'s becomes the job's trace); spans are exported when the command exits.
     tracing.configure("nuri-cli")
     return NuriClient(str(url), str(token))
+
+
+@contextmanager
+def progress(message: str) -> Iterator[None]:
+    """Say what a slow step is doing, on stderr so that stdout stays parseable (``--json``).
+
+    On a terminal: a spinner, gone when the step ends. Elsewhere (a pipeline, CI): one plain
+    line, only if the step is still running after ``NURI_PROGRESS_AFTER_S`` (1 s), so quick
+    commands stay quiet in logs.
+    """
+    if err_console.is_terminal:
+        with err_console.status(escape(message)):
+            yield
+        return
+    try:
+        delay = float(os.environ.get("NURI_PROGRESS_AFTER_S", "1"))
+    except ValueError:
+        delay = 1.0
+    if delay <= 0:  # asked to always say it
+        err_console.print(f"{message} ...", highlight=False, markup=False)
+        yield
+        return
+    timer = threading.Timer(
+        delay, err_console.print, (f"{message} ...",), {"highlight": False, "markup": False}
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        # join: a line already being written lands before whatever the command prints next
+        timer.join()
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

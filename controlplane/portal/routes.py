@@ -25,7 +25,6 @@ from controlplane.api.deps import SessionDep, SettingsDep
 from controlplane.api.routers.inventory import csv_download
 from controlplane.auth import Origin, Principal, trace_id_from
 from controlplane.db.models import (
-    Artifact,
     Job,
     JobMetric,
     Member,
@@ -124,15 +123,16 @@ FormDep = Annotated[list[tuple[str, str]], Depends(read_form)]
 
 # Every page: never cached (pages carry CSRF tokens, one shows a new token's secret), never
 # framed by another site (no clickjacking of a Cancel button), only this site's assets and
-# forms (the portal ships no script at all).
+# forms. The one script is the vendored htmx from this site (no inline script, no eval), and
+# it may only ask this site for fragments.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
 
@@ -278,20 +278,28 @@ def job_list(
     show: str = "active",
     cursor: str | None = None,
 ) -> HTMLResponse:
+    return page(request, "jobs.html", **job_list_context(session, visit, show, cursor))
+
+
+def job_list_context(
+    session: Session, visit: Visit, show: str, cursor: str | None
+) -> dict[str, Any]:
+    """The jobs list's page of rows (also its live fragment's, ``live.job_list_fragment``)."""
     statuses = {"active": list(views.ACTIVE), "finished": list(views.FINISHED)}.get(show)
     if statuses is None:
         show = "all"
     rows, nxt = jobs.list_jobs(session, visit.principal, PAGE_SIZE, cursor, statuses)
-    members = member_names(session, {r.member_id for r in rows})
-    return page(
-        request,
-        "jobs.html",
-        visit=visit,
-        jobs=[schemas.JobPublic.model_validate(r) for r in rows],
-        members=members,
-        show=show,
-        next_cursor=nxt,
-    )
+    listed = [schemas.JobPublic.model_validate(r) for r in rows]
+    return {
+        "visit": visit,
+        "jobs": listed,
+        "members": member_names(session, {r.member_id for r in rows}),
+        "show": show,
+        "cursor": cursor,
+        "next_cursor": nxt,
+        # Keep asking while something on this page can still change, or new jobs may appear.
+        "live": show == "active" or any(not views.terminal(j.status) for j in listed),
+    }
 
 
 @router.get("/jobs/new")
@@ -360,22 +368,7 @@ def _submit_page(
     )
 
 
-@router.get("/jobs/{job_id}")
-def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str) -> HTMLResponse:
-    job = schemas.JobPublic.model_validate(jobs.get_job(session, visit.principal, job_id))
-    return page(
-        request,
-        "job.html",
-        visit=visit,
-        job=job,
-        member=member_names(session, {job.member_id}).get(job.member_id, job.member_id),
-        events=jobs.events(session, visit.principal, job.id),
-        logs=jobs.logs(session, visit.principal, job.id, None, 50),
-        chart=views.loss_chart(curve_samples(session, job.id)),
-        outputs=session.exec(
-            select(Artifact).where(Artifact.job_id == job.id).order_by(col(Artifact.created_at))
-        ).all(),
-    )
+# A job's page, its live fragments and its log download: ``controlplane.portal.live``.
 
 
 CURVE_POINTS = 2000
@@ -439,11 +432,16 @@ def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLRespons
     for q in sorted(quotas, key=lambda q: (q.member_id, pools.get(q.pool_id, ""))):
         name = pools.get(q.pool_id, q.pool_id)
         rows.append((q, name, in_use.get((q.member_id, name), 0)))
+    period = usage_periods.period_of(utcnow())
+    # Tokens the member's endpoints served this period, beside the GPU-hours.
+    tokens = reports.usage_report(session, caller, period, utcnow()).token_lines
+    member_ids |= {t.member for t in tokens}
     return page(
         request,
         "usage.html",
         visit=visit,
-        period=usage_periods.period_of(utcnow()),
+        period=period,
+        tokens=tokens,
         members=member_names(session, member_ids),
         quotas=rows,
         budgets=[
@@ -533,5 +531,12 @@ def error_page(
     """An error as a page (the API's JSON body, for people); without a session, sign in."""
     if status == 401 and request.url.path != LOGIN_PATH:
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.headers.get("hx-request"):
+            # A live fragment's poll: the whole page goes to sign in (and comes back to
+            # itself), not the sign-in form into the fragment's place.
+            here = request.headers.get("hx-current-url") or ""
+            here = "/" + here.split("/", 3)[3] if here.count("/") >= 3 else "/portal/jobs"
+            target = f"/portal/login?next={quote(local_next(here), safe='')}"
+            return Response(status_code=401, headers={"HX-Redirect": target})
         return see_other(f"/portal/login?next={quote(local_next(here), safe='')}")
     return page(request, "error.html", status, code=code, message=message, details=details)

@@ -502,16 +502,30 @@ def events(session: Session, caller: Principal, job_id: str) -> Sequence[JobEven
 
 
 def logs(
-    session: Session, caller: Principal, job_id: str, attempt: int | None, tail: int
+    session: Session,
+    caller: Principal,
+    job_id: str,
+    attempt: int | None,
+    tail: int,
+    after_id: int | None = None,
 ) -> Sequence[JobLog]:
-    """The last ``tail`` log lines of an attempt (default: the current one), oldest first."""
+    """The last ``tail`` log lines of an attempt (default: the current one), oldest first.
+
+    With ``after_id`` it is a cursor instead: the *first* ``tail`` lines whose id is above
+    it, oldest first, so a follower that passes the last id it printed never skips or
+    repeats a line. That holds because a job's lines become visible in id order: they are
+    written only by ``scheduler.progress.store``, whose commits for one job are serialised
+    on the job row's guarded counter, and a new attempt's lines come after the old one's.
+    """
     job = get_job(session, caller, job_id)
-    rows = session.exec(
-        select(JobLog)
-        .where(JobLog.job_id == job_id, JobLog.attempt == (attempt or job.attempt))
-        .order_by(col(JobLog.id).desc())
-        .limit(tail)
-    ).all()
+    query = select(JobLog).where(
+        JobLog.job_id == job_id, JobLog.attempt == (attempt or job.attempt)
+    )
+    if after_id is not None:
+        return session.exec(
+            query.where(col(JobLog.id) > after_id).order_by(col(JobLog.id)).limit(tail)
+        ).all()
+    rows = session.exec(query.order_by(col(JobLog.id).desc()).limit(tail)).all()
     return list(reversed(rows))
 
 

@@ -118,11 +118,19 @@ def job_logs(
     caller: CallerDep,
     attempt: Annotated[int | None, Query(ge=1, le=schemas.DB_INT_MAX)] = None,
     tail: Annotated[int, Query(ge=1, le=5000)] = 200,
+    after_id: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=schemas.DB_INT_MAX,
+            description="follow from here: the first `tail` lines whose id is above it",
+        ),
+    ] = None,
 ) -> schemas.Page[schemas.JobLogPublic]:
     return schemas.Page(
         items=[
             schemas.JobLogPublic.model_validate(r)
-            for r in jobs.logs(session, caller, job_id, attempt, tail)
+            for r in jobs.logs(session, caller, job_id, attempt, tail, after_id)
         ]
     )
 

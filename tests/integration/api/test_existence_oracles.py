@@ -182,6 +182,15 @@ def _content(w: World, art_id: str) -> Req:
     return Req(f"/v1/artifacts/{art_id}/content", params={"ref": link}, anonymous=True)
 
 
+def b_endpoint(w: World) -> str:
+    """Member B's endpoint (created on first use), by name."""
+    name = "beta-secret-chat"
+    if w.client.get(f"/v1/endpoints/{name}", headers=bearer(w.b.user_token)).status_code == 404:
+        body = {"name": name, "model": "axk1-tiny"}
+        ok(w.client.post("/v1/endpoints", headers=bearer(w.b.user_token), json=body), 201)
+    return name
+
+
 def _path(template: str) -> Callable[[World, str], Req]:
     return lambda w, ref: Req(template.format(ref=ref))
 
@@ -478,6 +487,58 @@ CASES: list[Case] = [
         lambda h, who: h.models(),
         lambda: [new_id("art"), new_id("ds"), "gamma-weights"],
     ),
+    # endpoints: by name within the caller's member; another member's is a missing one
+    Case(
+        "GET",
+        "/v1/endpoints/{name}",
+        ("name",),
+        _path("/v1/endpoints/{ref}"),
+        lambda h, who: [b_endpoint(h.world)],
+        lambda: ["gamma-chat"],
+    ),
+    Case(
+        "PATCH",
+        "/v1/endpoints/{name}",
+        ("name",),
+        _path_json("/v1/endpoints/{ref}", {"max_replicas": 9}),
+        lambda h, who: [b_endpoint(h.world)],
+        lambda: ["gamma-chat"],
+    ),
+    Case(
+        "DELETE",
+        "/v1/endpoints/{name}",
+        ("name",),
+        _path("/v1/endpoints/{ref}"),
+        lambda h, who: [b_endpoint(h.world)],
+        lambda: ["gamma-chat"],
+    ),
+    Case(
+        "GET",
+        "/v1/endpoints",
+        ("member",),
+        lambda w, ref: Req("/v1/endpoints", params={"member": ref}),
+        lambda h, who: h.members(),
+        MEMBER_FILTER_MISSING,
+        listing=True,  # a member's listing ignores the filter: its own endpoints either way
+    ),
+    Case(
+        "POST",
+        "/v1/endpoints",
+        ("model",),
+        lambda w, ref: Req("/v1/endpoints", json={"name": "mine", "model": ref}),
+        lambda h, who: h.models(),
+        lambda: [new_id("art"), new_id("ds"), "gamma-weights"],
+    ),
+    Case(
+        "POST",
+        "/v1/endpoints",
+        ("adapters",),
+        lambda w, ref: Req(
+            "/v1/endpoints", json={"name": "mine", "model": "axk1-tiny", "adapters": {"x": ref}}
+        ),
+        lambda h, who: [h.world.b.artifact["id"]],
+        _ids("art"),
+    ),
     # artifacts
     Case(
         "GET",
@@ -601,6 +662,7 @@ REFERENCE_FIELDS = {
     "inputs",
     "model",
     "teacher",
+    "adapters",
     "submitter",
     "stream",
     "ref",

@@ -260,3 +260,43 @@ def test_playground_refusals_are_the_gateways(world: World) -> None:
     refused = play(reader, "chat")
     assert refused.status_code == 403 and "insufficient_scope" in refused.text
     assert ledger(world) == []
+
+
+def test_usage_page_shows_tokens_beside_gpu_hours(world: World) -> None:
+    """The tokens an endpoint served this period, and a budget's token cap, on /portal/usage;
+    another member sees neither."""
+    from datetime import UTC, datetime
+
+    from controlplane import usage as usage_periods
+
+    made = api_create(world, world.a.user_token, "chat")
+    now = datetime.now(UTC)
+    quarter = f"{now.year}-Q{(now.month - 1) // 3 + 1}"  # this quarter's budget, capped
+    if quarter == world.a.budget["period"]:
+        path = f"/v1/budgets/{world.a.budget['id']}"
+        ok(world.client.patch(path, headers=world.root, json={"tokens": 5000}))
+    else:
+        body = {"member": "alpha", "period": quarter, "gpu_hours": 10, "tokens": 5000}
+        ok(world.client.post("/v1/budgets", headers=world.root, json=body), 201)
+    with engine_session(world) as s:
+        s.add(
+            TokenUsage(
+                member_id=world.a.member["id"],
+                endpoint_id=made["id"],
+                period=usage_periods.period_of(now),
+                created_at=now,
+                settled_at=now,
+                prompt_tokens=120,
+                completion_tokens=30,
+                outcome="stop",
+            )
+        )
+        s.commit()
+    page = signed_in(world, world.a.user_token).get("/portal/usage")
+    assert page.status_code == 200, page.text
+    table = re.search(r'data-testid="tokens">(.*?)</table>', page.text, re.S)
+    assert table is not None, page.text
+    assert "chat" in table.group(1) and ">120<" in table.group(1) and ">150<" in table.group(1)
+    assert "150 / 5000" in page.text  # this quarter's budget's token cap counts them
+    other = signed_in(world, world.b.user_token).get("/portal/usage").text
+    assert 'data-testid="tokens"' not in other and "No tokens served this period." in other
