@@ -1,6 +1,7 @@
 # Nuri — everything a fresh machine needs is done by these targets.
 #   make run    install, then start Nuri with the demo consortium at http://127.0.0.1:8000
 #   make test   install, start PostgreSQL if needed, run every test
+#   make screenshots  PNGs of the portal at 1440 and 390 px in screenshots/ (not committed)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export DS_ACCELERATOR ?= cpu
 export NURI_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test test-fast lint fmt bench postgres browser prometheus helm clean
+.PHONY: install run test test-fast lint fmt bench postgres browser prometheus helm axe screenshots clean
 
 install: $(STAMP)
 
@@ -62,7 +63,18 @@ $(BIN)/helm: | $(STAMP)
 	  install -m 0755 $$tmp/helm/helm $@ && rm -rf $$tmp
 	@$@ version --short
 
-test: install postgres browser prometheus helm
+# axe-core (MPL-2.0, Deque Systems) for the portal's accessibility test: npm's package, pinned,
+# unpacked into the venv (never committed); the test injects axe.min.js into each page.
+AXE_NPM := axe-core@4.11.0
+axe: $(VENV)/axe/axe.min.js
+
+$(VENV)/axe/axe.min.js: | $(STAMP)
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(AXE_NPM) >/dev/null && tar xzf *.tgz) && \
+	  mkdir -p $(VENV)/axe && install -m 0644 $$tmp/package/axe.min.js $$tmp/package/LICENSE $(VENV)/axe/ && \
+	  rm -rf $$tmp
+	@echo "$(AXE_NPM) in $(VENV)/axe"
+
+test: install postgres browser prometheus helm axe
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests
@@ -84,6 +96,11 @@ fmt: install
 bench: install postgres
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || echo "wrk unavailable: httpx load instead"
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# PNGs of the main portal pages at 1440 and 390 px, for review (not committed): the e2e
+# server with a small consortium, as a member user and a platform admin, in Debian's Chromium.
+screenshots: install browser
+	$(BIN)/python -m tests.e2e.screenshots screenshots
 
 clean:
 	rm -rf $(VENV) .nuri .pytest_cache .mypy_cache .ruff_cache

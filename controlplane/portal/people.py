@@ -20,15 +20,16 @@ from controlplane.auth import default_scopes
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden, InvalidRequest, NuriError
-from controlplane.portal import sessions, views
+from controlplane.portal import notices, sessions, views
 from controlplane.portal.routes import (
     FormDep,
     Visit,
     VisitDep,
+    confirmation,
+    done,
     field,
     member_names,
     page,
-    see_other,
 )
 from controlplane.services import tenancy
 
@@ -74,10 +75,28 @@ def token_create(
 
 
 @router.post("/tokens/{token_id}/revoke")
-def token_revoke(session: SessionDep, visit: VisitDep, form: FormDep, token_id: str) -> Response:
+def token_revoke(
+    request: Request, session: SessionDep, visit: VisitDep, form: FormDep, token_id: str
+) -> Response:
+    """Asks first (a confirmation page, nothing changes), then revokes as the API does."""
     sessions.check_csrf(visit.secret, field(form, "csrf"))
+    if not notices.confirmed(visit.secret, "revoke", token_id, field(form, "confirm")):
+        token = tenancy.get_token(session, visit.principal, token_id)  # out of reach: a 404
+        owner = session.get(User, token.user_id)
+        return confirmation(
+            request,
+            visit,
+            "revoke",
+            token_id,
+            question=f"Revoke token {token.name} ({token.display_prefix}…) of "
+            f"{owner.email if owner else token.user_id}?",
+            consequence="Every pipeline, CLI and portal session using it stops working at "
+            "once. A revoked token cannot be restored; make a new one instead.",
+            button="Yes, revoke the token",
+            back="/portal/tokens",
+        )
     tenancy.revoke_token(session, visit.principal, token_id, utcnow())
-    return see_other("/portal/tokens")
+    return done("/portal/tokens", visit, "token_revoked")
 
 
 def _tokens_page(
@@ -135,19 +154,38 @@ def user_create(request: Request, session: SessionDep, visit: VisitDep, form: Fo
         return _users_page(
             request, session, visit, views.problems_of(exc), views.status_of(exc), body_in
         )
-    return see_other("/portal/users")
+    return done("/portal/users", visit, "user_added")
 
 
 @router.post("/users/{user_id}/{action}")
 def user_enable(
-    session: SessionDep, visit: VisitDep, form: FormDep, user_id: str, action: str
+    request: Request,
+    session: SessionDep,
+    visit: VisitDep,
+    form: FormDep,
+    user_id: str,
+    action: str,
 ) -> Response:
+    """Enable at once; disable only after its confirmation page."""
     sessions.check_csrf(visit.secret, field(form, "csrf"))
     if action not in ("disable", "enable"):
         raise InvalidRequest(f"unknown action {action!r}", code="unknown_action")
-    update = schemas.UserUpdate(disabled=action == "disable")
-    tenancy.update_user(session, visit.principal, user_id, update)
-    return see_other("/portal/users")
+    disable = action == "disable"
+    if disable and not notices.confirmed(visit.secret, "disable", user_id, field(form, "confirm")):
+        user = tenancy.get_user(session, visit.principal, user_id)  # out of reach: a 404
+        return confirmation(
+            request,
+            visit,
+            "disable",
+            user_id,
+            question=f"Disable user {user.email} ({user.name})?",
+            consequence="Their portal sessions end for good and their API tokens stop working "
+            "until they are enabled again.",
+            button="Yes, disable the user",
+            back="/portal/users",
+        )
+    tenancy.update_user(session, visit.principal, user_id, schemas.UserUpdate(disabled=disable))
+    return done("/portal/users", visit, "user_disabled" if disable else "user_enabled")
 
 
 def _users_page(

@@ -8,7 +8,6 @@ with the same ``code`` and message as the API's JSON (``controlplane.api.errors`
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -34,9 +33,9 @@ from controlplane.db.models import (
     User,
 )
 from controlplane.db.types import utcnow
-from controlplane.errors import NuriError, Unauthenticated
+from controlplane.errors import IdempotencyConflict, NuriError, Unauthenticated
 from controlplane.observability import tracing
-from controlplane.portal import sessions, views
+from controlplane.portal import notices, sessions, views
 from controlplane.services import (
     artifact_content,
     artifacts,
@@ -75,6 +74,14 @@ class Visit:
         """Only a member's users and admins submit jobs (with a token that may write)."""
         p = self.principal
         return p.member_id is not None and p.role is not Role.AUDITOR and "write" in p.scopes
+
+    def cancels(self, job: Any) -> bool:
+        """Whether the job's page offers *Cancel*: as ``jobs.cancel`` allows (platform and
+        member admins any job they see, member users their own), with a token that writes."""
+        p = self.principal
+        if "write" not in p.scopes:
+            return False
+        return p.role in (Role.PLATFORM_ADMIN, Role.MEMBER_ADMIN) or (job.submitter_id == p.user_id)
 
     @property
     def manages_users(self) -> bool:
@@ -138,9 +145,17 @@ PAGE_HEADERS = {
 
 
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return views.templates.TemplateResponse(
+    # A whole page (not a live fragment) shows, once, the message the last change left.
+    visit = context.get("visit")
+    shows_message = isinstance(visit, Visit) and not request.headers.get("hx-request")
+    if isinstance(visit, Visit) and shows_message:
+        context.setdefault("flash", notices.message_of(request, visit.secret))
+    response = views.templates.TemplateResponse(
         request, template, context, status_code=status, headers=PAGE_HEADERS
     )
+    if shows_message and notices.FLASH_COOKIE in request.cookies:
+        notices.clear_flash(response)
+    return response
 
 
 def field(form: list[tuple[str, str]], name: str) -> str | None:
@@ -149,6 +164,41 @@ def field(form: list[tuple[str, str]], name: str) -> str | None:
 
 def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
+
+
+def done(url: str, visit: Visit, message: str) -> RedirectResponse:
+    """After a change: on to ``url``, whose page says ``notices.MESSAGES[message]``."""
+    response = see_other(url)
+    notices.flash(response, visit.secret, message)
+    return response
+
+
+def confirmation(
+    request: Request,
+    visit: Visit,
+    action: str,
+    target: str,
+    *,
+    question: str,
+    consequence: str,
+    button: str,
+    back: str,
+    carry: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The page that asks before a dangerous change: its form posts to the same URL with
+    the confirmation value (``notices.confirm_token``) and what the first form carried."""
+    return page(
+        request,
+        "confirm.html",
+        visit=visit,
+        question=question,
+        consequence=consequence,
+        button=button,
+        back=back,
+        action_url=request.url.path,
+        confirm=notices.confirm_token(visit.secret, action, target),
+        carry=carry or {},
+    )
 
 
 def local_next(target: str | None) -> str:
@@ -303,8 +353,16 @@ def job_list_context(
 
 
 @router.get("/jobs/new")
-def submit_form(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
-    return _submit_page(request, session, visit, views.SubmitForm(), None, 200)
+def submit_form(
+    request: Request, session: SessionDep, visit: VisitDep, form: str | None = None
+) -> Response:
+    """The form's page lives at ``?form=<nonce>``: going back to it (after submitting) finds
+    the same nonce, hence the same idempotency key, so sending it again is the same job."""
+    if not visit.submits:
+        return _submit_page(request, session, visit, views.SubmitForm(), None, 200)
+    if not notices.valid_nonce(form):
+        return see_other(f"/portal/jobs/new?form={notices.new_nonce()}")
+    return _submit_page(request, session, visit, views.SubmitForm(), None, 200, form)
 
 
 @router.post("/jobs/new")
@@ -317,8 +375,11 @@ def submit(
 ) -> Response:
     sessions.check_csrf(visit.secret, field(form, "csrf"))
     typed = views.SubmitForm.parse(form)
-    # The form's own key: a double click or a resent form gives the same job, not two.
-    key = field(form, "idempotency_key") or None
+    # The form's own key: a double click, a resent form or the same form again after going
+    # back gives the same job, not two. Keyed with the session's secret: a link that chose
+    # the form's nonce cannot make it another user's key.
+    nonce = field(form, "idempotency_key") or None
+    key = notices.submit_key(visit.secret, nonce[:200]) if nonce else None
     try:
         body = schemas.JobCreate.model_validate(typed.to_request())
         job, created = jobs.submit(
@@ -331,14 +392,23 @@ def submit(
             settings.synthetic_allowed,
             tracing.submission_traceparent(request.headers.get("traceparent")),
         )
+    except IdempotencyConflict as exc:
+        # This form was sent before with other values (changed after going back): say so,
+        # and give the form a new key, so that sending it now is a deliberate second job.
+        session.rollback()
+        problems = [
+            f"This form was already sent, as job {exc.details.get('job_id')}, with other "
+            "values. Nothing new was submitted; send this form again to submit another job."
+        ]
+        return _submit_page(request, session, visit, typed, problems, exc.status_code)
     except (ValidationError, NuriError) as exc:
         session.rollback()
         problems, status = views.problems_of(exc), views.status_of(exc)
-        return _submit_page(request, session, visit, typed, problems, status, key)
+        return _submit_page(request, session, visit, typed, problems, status, nonce)
     wake = getattr(request.app.state, "scheduler_wake", None)
     if created and wake is not None:
         wake()
-    return see_other(f"/portal/jobs/{job.id}")
+    return done(f"/portal/jobs/{job.id}", visit, "job_submitted" if created else "job_resent")
 
 
 def _submit_page(
@@ -348,7 +418,7 @@ def _submit_page(
     form: views.SubmitForm,
     errors: list[str] | None,
     status: int,
-    key: str | None = None,
+    nonce: str | None = None,
 ) -> HTMLResponse:
     member_datasets: Sequence[Any] = []
     if visit.principal.member_id:
@@ -364,7 +434,7 @@ def _submit_page(
         pools=session.exec(select(Pool).order_by(col(Pool.name))).all(),
         classes=session.exec(select(PriorityClass).order_by(col(PriorityClass.value))).all(),
         datasets=member_datasets,
-        idempotency_key=key or uuid.uuid4().hex,
+        idempotency_key=nonce or notices.new_nonce(),
     )
 
 
@@ -401,10 +471,27 @@ def curve_samples(session: Session, job_id: str) -> list[tuple[int, Any]]:
 def cancel(
     request: Request, session: SessionDep, visit: VisitDep, form: FormDep, job_id: str
 ) -> Response:
+    """Asks first (a confirmation page, nothing changes), then cancels as the API does."""
     sessions.check_csrf(visit.secret, field(form, "csrf"))
     reason = (field(form, "reason") or "").strip()[:500]
+    here = f"/portal/jobs/{quote(job_id)}"
+    if not notices.confirmed(visit.secret, "cancel", job_id, field(form, "confirm")):
+        job = jobs.get_job(session, visit.principal, job_id)  # another member's: a 404
+        if views.terminal(job.status):  # nothing to ask: the service's 409 says why
+            jobs.cancel(session, visit.principal, job_id, reason, utcnow())
+        return confirmation(
+            request,
+            visit,
+            "cancel",
+            job_id,
+            question=f"Cancel job {job.id} ({job.name})?",
+            consequence="It will checkpoint and stop. A cancelled job cannot be resumed.",
+            button="Yes, cancel the job",
+            back=here,
+            carry={"reason": reason},
+        )
     jobs.cancel(session, visit.principal, job_id, reason or "cancelled in the portal", utcnow())
-    return see_other(f"/portal/jobs/{quote(job_id)}")
+    return done(here, visit, "job_cancelled")
 
 
 # -- usage, data, audit ----------------------------------------------------------------------

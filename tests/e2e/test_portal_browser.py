@@ -1,6 +1,7 @@
 """The portal in a real browser (Debian's Chromium, driven by Playwright) against a real
 `nuri api` server: a member user signs in with a token, submits a job through the form, sees
-it queued with its reasons, cancels it, and signs out; another member's job is a 404 page."""
+it queued with its reasons, cancels it (after a confirmation), and signs out; another
+member's job is a 404 page."""
 
 from __future__ import annotations
 
@@ -151,7 +152,11 @@ def test_member_user_submits_follows_and_cancels_a_job(server: dict[str, Any]) -
             page.goto(f"{url}/portal/jobs/{job_id}")
             page.fill("input[name=reason]", "wrong dataset")
             page.get_by_role("button", name="Cancel job").click()
+            # Asked first: nothing changes until the question is answered.
+            expect(page.get_by_test_id("confirm")).to_contain_text("It will checkpoint and stop.")
+            page.get_by_role("button", name="Yes, cancel the job").click()
             expect(page.get_by_test_id("status")).to_have_text("CANCELLED")
+            expect(page.get_by_test_id("flash")).to_contain_text("The job was cancelled")
             expect(page.get_by_test_id("events")).to_contain_text("wrong dataset")
 
             page.get_by_role("link", name="Usage").click()

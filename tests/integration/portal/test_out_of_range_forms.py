@@ -41,10 +41,19 @@ SUBMIT_FORM = (
         "max_runtime_h": "1",
     },
 )
-BUDGET_FORM = ("/portal/admin/budgets", {"member": "beta", "period": "2027-Q1", "gpu_hours": "5"})
+BUDGET_FORM = (
+    "/portal/admin/budgets",
+    {"member": "beta", "period": "2027-Q1", "gpu_hours": "5", "tokens_unlimited": "on"},
+)
 QUOTA_FORM = (
     "/portal/admin/quotas",
-    {"member": "beta", "pool": "kr-test-h200", "nominal_gpus": "4"},
+    {
+        "member": "beta",
+        "pool": "kr-test-h200",
+        "nominal_gpus": "4",
+        "borrowing_unlimited": "on",
+        "lending_unlimited": "on",
+    },
 )
 
 
@@ -134,7 +143,12 @@ def test_the_largest_budget_is_shown_lasting_the_period(world: World) -> None:
     run(world, world.a.job["id"], now - timedelta(hours=1), None)
     admin = signed_in(world, ADMIN_TOKEN)
     period = period_of(now)
-    data = {"csrf": csrf(admin, "/portal/admin"), "member": "alpha", "period": period}
+    data = {
+        "csrf": csrf(admin, "/portal/admin"),
+        "member": "alpha",
+        "period": period,
+        "tokens_unlimited": "on",
+    }
     assert admin.post("/portal/admin/budgets", data={**data, "gpu_hours": "9"}).status_code == 303
     page = admin.get("/portal/usage")
     assert "runs out" in forecast_cell(page.text, period)  # 9 GPU-h at 8 an hour: a real date

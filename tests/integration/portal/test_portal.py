@@ -46,6 +46,20 @@ def csrf(client: TestClient, path: str = "/portal/jobs") -> str:
     return found.group(1)
 
 
+def confirmed(client: TestClient, path: str, data: dict[str, str]) -> Any:
+    """A dangerous form as the browser sends it: the first post only shows the confirmation
+    page (nothing changes), whose button sends the confirmed post."""
+    asked = client.post(path, data=data)
+    assert asked.status_code == 200 and 'data-testid="confirm"' in asked.text, asked.text
+    found = re.search(r'name="confirm" value="([0-9a-f]{64})"', asked.text)
+    assert found, asked.text
+    return client.post(path, data={**data, "confirm": found.group(1)})
+
+
+# The submit form's page, at its own nonce (``GET /portal/jobs/new`` redirects to a new one).
+SUBMIT_PAGE = "/portal/jobs/new?form=" + "0" * 32
+
+
 def engine_session(w: World) -> Session:
     return Session(w.client.app.state.engine)  # type: ignore[attr-defined]
 
@@ -129,7 +143,7 @@ def test_submit_form_creates_one_job_per_form(world: World) -> None:
     alpha = signed_in(world, world.a.user_token)
     before = {j["id"] for j in jobs_of(world, world.a.user_token)}
     form = {
-        "csrf": csrf(alpha, "/portal/jobs/new"),
+        "csrf": csrf(alpha, SUBMIT_PAGE),
         "idempotency_key": "form-0001",
         "kind": "finetune",
         "model": "axk1-tiny",
@@ -160,7 +174,7 @@ def test_submit_form_creates_one_job_per_form(world: World) -> None:
 
 def test_bad_submissions_are_shown_and_nothing_is_written(world: World) -> None:
     alpha = signed_in(world, world.a.user_token)
-    token = csrf(alpha, "/portal/jobs/new")
+    token = csrf(alpha, SUBMIT_PAGE)
     before = len(jobs_of(world, world.a.user_token))
     cases = [
         ({"gpus": "eight"}, 422, "gpus"),
@@ -195,7 +209,9 @@ def test_forms_need_the_sessions_csrf_token(world: World) -> None:
         assert 'data-testid="error-code">csrf_failed<' in resp.text
     job = ok(world.client.get(f"/v1/jobs/{job_id}", headers=bearer(world.a.user_token)))
     assert job["status"] == "QUEUED"
-    resp = alpha.post(f"/portal/jobs/{job_id}/cancel", data={"csrf": csrf(alpha), "reason": "oops"})
+    resp = confirmed(
+        alpha, f"/portal/jobs/{job_id}/cancel", {"csrf": csrf(alpha), "reason": "oops"}
+    )
     assert resp.status_code == 303
     job = ok(world.client.get(f"/v1/jobs/{job_id}", headers=bearer(world.a.user_token)))
     assert job["status"] == "CANCELLED"

@@ -22,20 +22,28 @@ def test_platform_admin_adds_a_member_and_sets_its_quota_and_budget(world: World
     gamma = next(m for m in members if m["name"] == "gamma-lab")
     assert gamma["kind"] == "startup" and gamma["country"] == "KR"
 
-    quota = {"csrf": token, "member": "gamma-lab", "pool": "kr-test-h200", "nominal_gpus": "0"}
+    quota = {
+        "csrf": token,
+        "member": "gamma-lab",
+        "pool": "kr-test-h200",
+        "nominal_gpus": "0",
+        "lending_unlimited": "on",
+    }
     assert (
         admin.post("/portal/admin/quotas", data={**quota, "borrowing_limit": "8"}).status_code
         == 303
     )
-    # The same form again changes the quota instead of failing on the existing one.
+    # The same form again changes the quota instead of failing on the existing one; no limit
+    # is a box ticked, never a blank field.
     assert (
-        admin.post("/portal/admin/quotas", data={**quota, "borrowing_limit": ""}).status_code == 303
+        admin.post("/portal/admin/quotas", data={**quota, "borrowing_unlimited": "on"}).status_code
+        == 303
     )
     quotas = ok(world.client.get("/v1/quotas?member=gamma-lab", headers=world.root))["items"]
     assert len(quotas) == 1
     assert quotas[0]["nominal_gpus"] == 0 and quotas[0]["borrowing_limit"] is None
 
-    budget = {"csrf": token, "member": "gamma-lab", "period": "2026-Q4"}
+    budget = {"csrf": token, "member": "gamma-lab", "period": "2026-Q4", "tokens_unlimited": "on"}
     assert (
         admin.post("/portal/admin/budgets", data={**budget, "gpu_hours": "500"}).status_code == 303
     )
@@ -54,6 +62,7 @@ def test_refused_changes_are_shown_and_nothing_changes(world: World) -> None:
     admin = signed_in(world, ADMIN_TOKEN)
     token = csrf(admin, "/portal/admin")
     before = ok(world.client.get("/v1/quotas", headers=world.root))["items"]
+    no_limits = {"borrowing_unlimited": "on", "lending_unlimited": "on"}
     cases = [
         (
             "/portal/admin/members",
@@ -65,25 +74,25 @@ def test_refused_changes_are_shown_and_nothing_changes(world: World) -> None:
         # The pool has 32 GPUs and alpha and beta hold 16 nominal each.
         (
             "/portal/admin/quotas",
-            {"member": "alpha", "pool": "kr-test-h200", "nominal_gpus": "40"},
+            {"member": "alpha", "pool": "kr-test-h200", "nominal_gpus": "40", **no_limits},
             422,
             "nominal",
         ),
         (
             "/portal/admin/quotas",
-            {"member": "nobody", "pool": "kr-test-h200", "nominal_gpus": "1"},
+            {"member": "nobody", "pool": "kr-test-h200", "nominal_gpus": "1", **no_limits},
             404,
             "nobody",
         ),
         (
             "/portal/admin/quotas",
-            {"member": "alpha", "pool": "kr-test-h200", "nominal_gpus": "lots"},
+            {"member": "alpha", "pool": "kr-test-h200", "nominal_gpus": "lots", **no_limits},
             422,
             "nominal_gpus",
         ),
         (
             "/portal/admin/budgets",
-            {"member": "alpha", "period": "someday", "gpu_hours": "1"},
+            {"member": "alpha", "period": "someday", "gpu_hours": "1", "tokens_unlimited": "on"},
             422,
             "period",
         ),
@@ -114,6 +123,8 @@ def test_only_platform_admins_change_the_cluster(world: World) -> None:
             "member": "alpha",
             "pool": "kr-test-h200",
             "nominal_gpus": "32",
+            "borrowing_unlimited": "on",
+            "lending_unlimited": "on",
         },
     )
     assert refused.status_code == 403

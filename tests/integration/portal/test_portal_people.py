@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from controlplane.db.models import ApiToken, User
 from tests.conftest import World, bearer, ok
-from tests.integration.portal.test_portal import csrf, engine_session, signed_in
+from tests.integration.portal.test_portal import confirmed, csrf, engine_session, signed_in
 
 
 def test_token_made_in_the_portal_is_shown_once_and_works_until_revoked(world: World) -> None:
@@ -42,7 +42,7 @@ def test_token_made_in_the_portal_is_shown_once_and_works_until_revoked(world: W
     assert write.status_code == 403
     listing = alpha.get("/portal/tokens").text
     assert "nightly-pipeline" in listing and secret not in listing
-    revoked = alpha.post(f"/portal/tokens/{token_id}/revoke", data={"csrf": csrf(alpha)})
+    revoked = confirmed(alpha, f"/portal/tokens/{token_id}/revoke", {"csrf": csrf(alpha)})
     assert revoked.status_code == 303
     assert world.client.get("/v1/jobs", headers=bearer(secret)).status_code == 401
 
@@ -105,8 +105,8 @@ def test_disabling_a_user_signs_them_out_everywhere(world: World) -> None:
     user = signed_in(world, world.a.user_token)
     assert user.get("/portal/jobs").status_code == 200
     admin = signed_in(world, world.a.admin_token)
-    resp = admin.post(
-        f"/portal/users/{world.a.user['id']}/disable", data={"csrf": csrf(admin, "/portal/users")}
+    resp = confirmed(
+        admin, f"/portal/users/{world.a.user['id']}/disable", {"csrf": csrf(admin, "/portal/users")}
     )
     assert resp.status_code == 303
     assert user.get("/portal/jobs").status_code == 303  # back to sign-in

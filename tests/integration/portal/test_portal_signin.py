@@ -17,6 +17,7 @@ from tests.conftest import World, bearer, ok
 from tests.integration.portal.test_portal import (
     audit_actions,
     browser,
+    confirmed,
     csrf,
     engine_session,
     login_form,
@@ -211,9 +212,9 @@ def test_a_malformed_pre_session_cookie_is_replaced(world: World) -> None:
 
 
 def disable(w: World, admin: TestClient, user_id: str, action: str) -> None:
-    resp = admin.post(
-        f"/portal/users/{user_id}/{action}", data={"csrf": csrf(admin, "/portal/users")}
-    )
+    path, data = f"/portal/users/{user_id}/{action}", {"csrf": csrf(admin, "/portal/users")}
+    # Disabling asks first; enabling acts at once.
+    resp = confirmed(admin, path, data) if action == "disable" else admin.post(path, data=data)
     assert resp.status_code == 303, resp.text
 
 
