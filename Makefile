@@ -77,7 +77,7 @@ $(VENV)/axe/axe.min.js: | $(STAMP)
 test: install postgres browser prometheus helm axe
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow" tests/unit

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.knobs import KNOBS, SyntheticKnobs, knobs_for
+from workers.knobs import KNOBS, KnobError, SyntheticKnobs, knobs_for
 
 PLAN_VERSION = 1
 
@@ -141,7 +141,7 @@ class ExecutionPlan:
                 dirs=JobDirs(**raw["dirs"]),
                 version=raw["version"],
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise PlanInvalid(f"malformed plan: {exc}") from None
         plan.validate()
         return plan
@@ -155,7 +155,10 @@ class ExecutionPlan:
 
             check_serve_plan(self)
             return
-        knobs_for(self.kind, self.knobs)  # the stored knobs are still valid ones
+        try:
+            knobs_for(self.kind, self.knobs)  # the stored knobs are still valid ones
+        except KnobError as exc:
+            raise PlanInvalid(f"{self.kind} knobs: {exc}") from None
         cap = self.capacity
         if cap.ranks != cap.nodes * cap.ranks_per_node or cap.ranks < 1:
             raise PlanInvalid(f"{cap.ranks} ranks on {cap.nodes} x {cap.ranks_per_node}")

@@ -160,16 +160,7 @@ def _slots(
         if slot in live or slot >= want:
             # Above the target (scaled down, endpoint deleted) or a duplicate: drain it.
             why = "scaled down" if ep.state == EndpointState.ACTIVE.value else "endpoint deleted"
-            transition(
-                session,
-                job.id,
-                expected=JobStatus(job.status),
-                to=JobStatus.CANCELLED,
-                now=now,
-                message=f"replica {slot} of {ep.name}: {why}",
-                reasons=[{"code": "cancelled", "message": why}],
-            )
-            report.cancelled.append(job.id)
+            _drain(session, ep, slot, job, why, now, report)
             continue
         live[slot] = job
     # Burst replicas only beside guaranteed ones that hold their GPUs: a burst replica
@@ -180,22 +171,30 @@ def _slots(
     settled = all(slot in live and live[slot].status in held for slot in range(guaranteed))
     if not settled:
         for slot in sorted((s for s in live if s >= guaranteed), reverse=True):
-            job = live.pop(slot)
-            transition(
-                session,
-                job.id,
-                expected=JobStatus(job.status),
-                to=JobStatus.CANCELLED,
-                now=now,
-                message=f"replica {slot} of {ep.name}: a guaranteed replica waits for room",
-                reasons=[{"code": "cancelled", "message": "a guaranteed replica needs room"}],
-            )
-            report.cancelled.append(job.id)
+            why = "a guaranteed replica waits for room"
+            _drain(session, ep, slot, live.pop(slot), why, now, report)
     retry = timedelta(seconds=RETRY_AFTER_S)
     for slot in range(want if settled else guaranteed):
         if slot in live or (slot in failed_at and now - failed_at[slot] < retry):
             continue
         report.created.append(_create(session, ep, slot, now))
+
+
+def _drain(
+    session: Session, ep: Endpoint, slot: int, job: Job, why: str, now: datetime, report: Report
+) -> None:
+    """Cancel a replica's job: its supervisor deletes its Serve application (the gateway
+    stops routing to it at once) and the scheduler releases its GPUs."""
+    transition(
+        session,
+        job.id,
+        expected=JobStatus(job.status),
+        to=JobStatus.CANCELLED,
+        now=now,
+        message=f"replica {slot} of {ep.name}: {why}",
+        reasons=[{"code": "cancelled", "message": why}],
+    )
+    report.cancelled.append(job.id)
 
 
 def _create(session: Session, ep: Endpoint, slot: int, now: datetime) -> str:

@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from workers.execution import (
-    PLAN_VERSION,
     ROLES,
     SCHEMES,
-    CapacityPlan,
     ExecutionPlan,
     InputPlan,
-    JobDirs,
-    ModelPlan,
     PlanInvalid,
     staged_path,
 )
@@ -37,43 +33,13 @@ from workers.tokenizer import ChatError, Tokenizer, with_system
 def serve_plan(raw: Any) -> ExecutionPlan:
     """A stored serve plan rebuilt and checked; raises :class:`PlanInvalid`.
 
-    ``ExecutionPlan.from_dict`` validates batch kinds only (``serve`` is not in ``KNOBS`` so
-    that no member can submit it as a job); a replica's plan is checked here instead.
+    ``ExecutionPlan.from_dict`` validates it (a ``serve`` plan through
+    :func:`check_serve_plan`: ``serve`` is not in ``KNOBS``, so that no member can submit it
+    as a batch job); a plan of another kind is refused here.
     """
-    if not isinstance(raw, dict) or raw.get("version") != PLAN_VERSION:
-        version = raw.get("version") if isinstance(raw, dict) else None
-        raise PlanInvalid(f"plan version {version!r}; this worker runs {PLAN_VERSION}")
-    try:
-        plan = ExecutionPlan(
-            job_id=str(raw["job_id"]),
-            attempt=int(raw["attempt"]),
-            kind=raw["kind"],
-            payload=raw["payload"],
-            model=_model_plan(raw.get("model")),
-            teacher=_model_plan(raw.get("teacher")),
-            inputs=tuple(InputPlan(**i) for i in raw["inputs"]),
-            capacity=CapacityPlan(**raw["capacity"]),
-            knobs=dict(raw["knobs"]),
-            dirs=JobDirs(**raw["dirs"]),
-            version=raw["version"],
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PlanInvalid(f"malformed plan: {exc}") from None
-    check_serve_plan(plan)
+    plan = ExecutionPlan.from_dict(raw)  # a serve plan is checked by check_serve_plan there
+    check_serve_plan(plan)  # and a batch plan refused here
     return plan
-
-
-def _model_plan(raw: Any) -> ModelPlan | None:
-    if raw is None:
-        return None
-    weights, adapter = raw.get("weights"), raw.get("adapter")
-    return ModelPlan(
-        ref=raw["ref"],
-        preset=raw.get("preset"),
-        weights=InputPlan(**weights) if weights else None,
-        adapter=InputPlan(**adapter) if adapter else None,
-        labels=dict(raw.get("labels") or {}),
-    )
 
 
 def check_serve_plan(plan: ExecutionPlan) -> ServeKnobs:

@@ -296,7 +296,12 @@ examples = build_examples(records, ByteTokenizer(), spec.seq_len)
 model = load_model(resolve_model("axk1-tiny"), seed=2)
 engine = SimpleNamespace(module=model, forward=lambda **b: model(**b))
 ctx = SimpleNamespace(spec=spec, rank=rank, world_size=world, device=torch.device("cpu"))
-print(json.dumps(evaluate(ctx, engine, examples)))
+print(json.dumps(evaluate(ctx, engine, examples)), flush=True)
+if world > 1:
+    # Leave together: a rank that exits while its peer still talks to it can abort in gloo's
+    # teardown (a non-zero exit after a correct answer, seen on a loaded machine).
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
@@ -328,15 +333,18 @@ def test_evaluation_over_ranks_equals_one_rank(make_spec, corpus, tmp_path) -> N
                     "MASTER_PORT": port,
                 },
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=(tmp_path / f"stderr-{world}-{rank}").open("w"),
             )
             for rank in range(world)
         ]
 
     # 5 examples over 2 ranks x 2: the last global batch leaves rank 1 with nothing to do.
     procs = launch(1) + launch(2)
-    outs = [json.loads(p.communicate(timeout=480)[0].decode().splitlines()[-1]) for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    # stderr goes to files: a pipe nobody reads yet could fill up and stall a rank.
+    done = [p.communicate(timeout=480)[0] for p in procs]
+    for p, name in zip(procs, ["1-0", "2-0", "2-1"], strict=True):
+        assert p.returncode == 0, (tmp_path / f"stderr-{name}").read_text()[-2000:]
+    outs = [json.loads(out.decode().splitlines()[-1]) for out in done]
     single, *ranks = outs
     assert ranks[0] == ranks[1]  # every rank reports the reduced result
     assert ranks[0]["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-6)
