@@ -165,7 +165,8 @@ def create(request: Request, session: SessionDep, visit: VisitDep, form: FormDep
     except (ValidationError, NuriError) as exc:
         session.rollback()
         problems, status = views.problems_of(exc), views.status_of(exc)
-        return _create_page(request, session, visit, typed, problems, status)
+        refused = views.refusal_of(exc)
+        return _create_page(request, session, visit, typed, problems, status, refused)
     _wake(request)
     return see_other(f"/portal/endpoints/{row.name}")
 
@@ -177,6 +178,7 @@ def _create_page(
     form: EndpointForm,
     errors: list[str] | None,
     status: int,
+    refused: list[views.PoolVerdict] | None = None,
 ) -> HTMLResponse:
     return page(
         request,
@@ -185,6 +187,7 @@ def _create_page(
         visit=visit,
         form=form,
         errors=errors,
+        refused=refused,
         pools=session.exec(select(Pool).order_by(col(Pool.name))).all(),
         classes=session.exec(select(PriorityClass).order_by(col(PriorityClass.value))).all(),
     )

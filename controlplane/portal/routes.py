@@ -109,13 +109,16 @@ def get_visit(request: Request, session: SessionDep, settings: SettingsDep) -> V
     )
     user = session.get(User, principal.user_id)
     member = session.get(Member, principal.member_id) if principal.member_id else None
-    return Visit(
+    visit = Visit(
         principal,
         secret,
         sessions.csrf_token(secret),
         user.email if user else principal.user_id,
         member.name if member else None,
     )
+    # Kept for ``error_page``: an error after sign-in keeps the navigation and sign-out.
+    request.state.portal_visit = visit
+    return visit
 
 
 VisitDep = Annotated[Visit, Depends(get_visit)]
@@ -404,7 +407,8 @@ def submit(
     except (ValidationError, NuriError) as exc:
         session.rollback()
         problems, status = views.problems_of(exc), views.status_of(exc)
-        return _submit_page(request, session, visit, typed, problems, status, nonce)
+        refused = views.refusal_of(exc)
+        return _submit_page(request, session, visit, typed, problems, status, nonce, refused)
     wake = getattr(request.app.state, "scheduler_wake", None)
     if created and wake is not None:
         wake()
@@ -419,6 +423,7 @@ def _submit_page(
     errors: list[str] | None,
     status: int,
     nonce: str | None = None,
+    refused: list[views.PoolVerdict] | None = None,
 ) -> HTMLResponse:
     member_datasets: Sequence[Any] = []
     if visit.principal.member_id:
@@ -430,6 +435,7 @@ def _submit_page(
         visit=visit,
         form=form,
         errors=errors,
+        refused=refused,
         kinds=views.job_kinds(),
         pools=session.exec(select(Pool).order_by(col(Pool.name))).all(),
         classes=session.exec(select(PriorityClass).order_by(col(PriorityClass.value))).all(),
@@ -626,4 +632,15 @@ def error_page(
             target = f"/portal/login?next={quote(local_next(here), safe='')}"
             return Response(status_code=401, headers={"HX-Redirect": target})
         return see_other(f"/portal/login?next={quote(local_next(here), safe='')}")
-    return page(request, "error.html", status, code=code, message=message, details=details)
+    facts = views.error_facts(code, message, details)
+    visit = getattr(request.state, "portal_visit", None)
+    return page(
+        request,
+        "error.html",
+        status,
+        visit=visit if isinstance(visit, Visit) else None,
+        code=code,
+        message=facts.message,
+        lines=facts.lines,
+        refused=facts.refused,
+    )

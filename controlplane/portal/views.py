@@ -7,6 +7,7 @@ services and passes plain values in.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -184,11 +185,125 @@ def _hours_to_seconds(text: str) -> int | str:
     return round(seconds) if math.isfinite(seconds) else text
 
 
+# What a field checked against a pattern expects, in words: pydantic's message quotes the
+# regex, which tells a person nothing. Keyed by the patterns of ``api.schemas`` (a test checks
+# that every one of them is here); one not listed reads as "is not in the expected form".
+PATTERN_WORDS = {
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$": (
+        "a name: lowercase letters, digits and dashes, up to 63 characters, starting and "
+        "ending with a letter or digit"
+    ),
+    r"^[0-9]{4}-(Q[1-4]|H[12]|[0-9]{2})$": "a period such as 2026-Q4, 2026-H1 or 2026-11",
+    r"^[a-z0-9-]{2,40}$": "2 to 40 lowercase letters, digits and dashes (such as kr-seoul)",
+    r"^[A-Z]{2}$": "a two-letter country code in capitals (such as KR)",
+    r"^[a-z_]{2,40}$": "2 to 40 lowercase letters and underscores",
+    r"^[^@\s]+@[^@\s]+\.[^@\s]+$": "an email address (such as name@example.org)",
+    r"^[a-z0-9][a-z0-9.-]{0,99}$": (
+        "a name: lowercase letters, digits, dots and dashes, up to 100 characters, starting "
+        "with a letter or digit"
+    ),
+    r"^(data|model)$": "data or model",
+}
+
+# Keys of a residency refusal's details that ``refusal_of`` shows as a list, not as text.
+_REFUSAL_KEYS = ("pools", "policy_set_hash")
+
+
+def problem_of(error: Mapping[str, Any]) -> str:
+    """One validation error as a line: where, then what is expected (never a regex)."""
+    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+    if error.get("type") == "string_pattern_mismatch":
+        # The API's error bodies keep only the message, which quotes the pattern.
+        quoted = re.fullmatch(r"String should match pattern '(.*)'", str(error.get("msg", "")))
+        pattern = (error.get("ctx") or {}).get("pattern") or (quoted and quoted.group(1))
+        expected = PATTERN_WORDS.get(str(pattern))
+        return (
+            f"{where}: should be {expected}"
+            if expected
+            else f"{where}: is not in the expected form"
+        )
+    return f"{where}: {error.get('msg', 'is not valid')}"
+
+
+def plain(value: Any) -> str:
+    """A detail's value as text for people: lists joined, mappings as ``key: value``."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {plain(v)}" for k, v in sorted(value.items(), key=str))
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return ", ".join(plain(v) for v in items) or "none"
+    return str(value)
+
+
 def problems_of(exc: ValidationError | NuriError) -> list[str]:
-    """What the user must fix, in the words the API would use."""
+    """What the user must fix, in the words the API would use (a residency refusal's pools
+    are left to ``refusal_of``)."""
     if isinstance(exc, NuriError):
-        return [exc.message] + [f"{k}: {v}" for k, v in sorted(exc.details.items())]
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()]
+        shown = refusal_of(exc) is not None
+        return [exc.message] + [
+            f"{k}: {plain(v)}"
+            for k, v in sorted(exc.details.items())
+            if not (shown and k in _REFUSAL_KEYS)
+        ]
+    return [problem_of(e) for e in exc.errors()]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolVerdict:
+    """One pool of a residency refusal: allowed or not, and the rules that decided it."""
+
+    pool: str
+    allowed: bool
+    rules: list[str]
+    reasons: list[str]
+    errors: list[str]
+
+
+def refusal_of(exc: ValidationError | NuriError) -> list[PoolVerdict] | None:
+    """The pools of a residency refusal, for ``_refusal.html``; None for any other error."""
+    return refusal_in(exc.details) if isinstance(exc, NuriError) else None
+
+
+def refusal_in(details: Mapping[str, Any]) -> list[PoolVerdict] | None:
+    """``details.pools`` of a refusal (``residency.denial_details``) pool by pool, or None."""
+    pools = details.get("pools")
+    if not isinstance(pools, Mapping) or not all(isinstance(d, Mapping) for d in pools.values()):
+        return None
+    return [
+        PoolVerdict(
+            str(name),
+            bool(d.get("allowed")),
+            [str(r) for r in d.get("policy_ids") or ()],
+            [str(r) for r in d.get("reasons") or ()],
+            [str(r) for r in d.get("errors") or ()],
+        )
+        for name, d in sorted(pools.items())
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFacts:
+    """What an error page says: the message, its details as lines, a refusal's pools."""
+
+    message: str
+    lines: list[str]
+    refused: list[PoolVerdict] | None
+
+
+def error_facts(code: str, message: str, details: Mapping[str, Any]) -> ErrorFacts:
+    """An error page's text: the message (a validation error's in words), its details as
+    lines, and a residency refusal's pools; never a dict or a regex."""
+    errors = details.get("errors") if code == "validation_error" else None
+    if isinstance(errors, list) and errors and all(isinstance(e, Mapping) for e in errors):
+        lines = [problem_of(e) for e in errors]
+        return ErrorFacts(lines[0], lines[1:], None)
+    refused = refusal_in(details)
+    lines = [
+        f"{k}: {plain(v)}"
+        for k, v in sorted(details.items())
+        if not (refused is not None and k in _REFUSAL_KEYS)
+    ]
+    return ErrorFacts(message, lines, refused)
 
 
 def status_of(exc: ValidationError | NuriError) -> int:

@@ -104,7 +104,7 @@ def test_create_list_detail_delete(world: World) -> None:
         ),
         ({"allowed_pools": "nowhere"}, "unknown pool &#39;nowhere&#39;", 422),
         ({"model": "no-such-model"}, "no-such-model", 422),
-        ({"name": "Bad_Name"}, "name: String should match pattern", 422),
+        ({"name": "Bad_Name"}, "name: should be a name: lowercase letters", 422),
         ({"max_context": "64", "max_tokens_default": "64"}, "must be below max_context", 422),
         ({"gpus_per_replica": "16"}, "fits no node of an allowed pool", 422),
         ({"idle_s": "inf"}, "idle_s", 422),

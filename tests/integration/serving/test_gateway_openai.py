@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from controlplane.db.models import Dataset, Endpoint, Job, TokenUsage, User
 from controlplane.serving.names import SERVE_KIND, replica_app_name
 from tests.conftest import World, build_world, make_client
+from tests.ray_local import init_local_ray
 
 openai = pytest.importorskip("openai")
 ray = pytest.importorskip("ray")
@@ -44,8 +45,7 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from workers.execution import CapacityPlan, ExecutionPlan, JobDirs, ModelPlan
     from workers.serving import build_replica_app
 
-    ray.init(
-        address="local",
+    init_local_ray(
         num_cpus=2,
         num_gpus=2,
         resources={f"pool:{POOL}": 2, "nuri-node:n0": 1},

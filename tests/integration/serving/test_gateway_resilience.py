@@ -31,6 +31,7 @@ from tests.integration.serving.test_gateway_openai import (
     rows,
     wait_for,
 )
+from tests.ray_local import init_local_ray
 
 openai = pytest.importorskip("openai")
 ray = pytest.importorskip("ray")
@@ -49,7 +50,7 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploy]:
     from workers.execution import CapacityPlan, ExecutionPlan, JobDirs, ModelPlan
     from workers.serving import build_replica_app
 
-    ray.init(address="local", num_cpus=2, num_gpus=2,
+    init_local_ray(num_cpus=2, num_gpus=2,
              resources={f"pool:{POOL}": 2, "nuri-node:n0": 1}, include_dashboard=False,
              configure_logging=False)  # fmt: skip
     serve.start(proxy_location="Disabled")

@@ -12,6 +12,7 @@ import ray
 import torch
 from ray import serve
 
+from tests.ray_local import init_local_ray
 from workers.execution import CapacityPlan, ExecutionPlan, InputPlan, JobDirs, ModelPlan
 from workers.serving import GenerationEngine, GenerationRequest, RequestInvalid, build_replica_app
 
@@ -76,8 +77,7 @@ def app_status(name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    ray.init(
-        address="local",  # a cluster of its own even when another test's Ray is up
+    init_local_ray(  # a cluster of its own even when another test's Ray is up
         num_cpus=2,
         num_gpus=2,
         resources={"pool:p": 2, "nuri-node:n0": 1},
