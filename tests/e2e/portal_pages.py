@@ -10,7 +10,6 @@ output (no API creates artifacts)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,22 +22,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.e2e.server import free_port, nuri_server
+from tests.e2e.test_portal_browser import CHROMIUM, CHROMIUM_ARGS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
 ADMIN = "nuri-e2e-pages-admin-token-0123456789abcdef"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # `make axe` (a prerequisite of `make test`) unpacks npm's axe-core into the venv.
 AXE_JS = Path(sys.prefix) / "axe" / "axe.min.js"
 ROLES = ("member_user", "member_admin", "platform_admin", "auditor")

@@ -7,7 +7,6 @@ while no replica is ready, cannot open another member's endpoint, and deletes it
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,9 @@ import httpx
 import pytest
 
 from tests.e2e.server import free_port, nuri_server
+from tests.e2e.test_portal_browser import CHROMIUM, CHROMIUM_ARGS
 
 ADMIN = "nuri-e2e-endpoints-admin-token-0123456789abcdef"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600)]
 

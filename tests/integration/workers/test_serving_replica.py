@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import ray
-import torch
 from ray import serve
 
 from tests.ray_local import init_local_ray
-from workers.execution import CapacityPlan, ExecutionPlan, InputPlan, JobDirs, ModelPlan
+from tests.unit.workers.test_serving_engine import make_adapter, make_plan
 from workers.serving import GenerationEngine, GenerationRequest, RequestInvalid, build_replica_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -21,42 +20,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 PRESET = "axk1-tiny"
 APP = "nuri-ep-1-r0"
 PROMPTS = [f"prompt {n}: the cat sat on the" for n in range(8)]
-
-
-def make_plan(root: Path, inputs: tuple[InputPlan, ...] = (), **knobs: Any) -> ExecutionPlan:
-    return ExecutionPlan(
-        job_id="ep_1-r0",
-        attempt=1,
-        kind="serve",
-        payload="model",
-        model=ModelPlan(ref=PRESET, preset=PRESET),
-        teacher=None,
-        inputs=inputs,
-        capacity=CapacityPlan(1, 1, 1, "bf16", None, False, False, 1, 1, 512, 80.0, 8),
-        knobs=knobs,
-        dirs=JobDirs.under(root),
-    )
-
-
-def make_adapter(directory: Path, seed: int, targets: list[str]) -> InputPlan:
-    from peft import LoraConfig, get_peft_model
-
-    from workers.presets import load_model, resolve_model
-    from workers.staging import fingerprint
-
-    base = load_model(resolve_model(PRESET), seed=0)
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=targets, init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(directory), save_embedding_layers=False)
-    fp = fingerprint(f"file://{directory}")
-    return InputPlan(
-        id=f"art_{directory.name}",
-        name=directory.name,
-        role="adapter",
-        uri=f"file://{directory}",
-        sha256=fp.sha256,
-        size_bytes=fp.size_bytes,
-    )
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
