@@ -87,6 +87,9 @@ _SETTABLE = frozenset(
         "times_preempted",
         "preempt_deadline",
         "observed_events",
+        "free_requeues",
+        "ray_session",
+        "heartbeat_at",
         "queue_position",
         "eta",
     }

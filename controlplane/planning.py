@@ -166,12 +166,22 @@ def _check(
     )
 
 
+_warm = threading.Event()
+
+
 def warm_up() -> None:
     """Import the planner and size one preset, so no user request pays the import."""
     try:
         check_submission("inference", "axk1-tiny", None, {}, 1, 1, [("warm-up", 80.0, 8)])
     except Exception:  # a warm-up failure surfaces on the first real plan instead
         return
+    finally:
+        _warm.set()
+
+
+def is_warm() -> bool:
+    """Whether a warm-up has run (submissions then plan at full speed): ``/readyz``."""
+    return _warm.is_set()
 
 
 def warm_up_in_background() -> threading.Thread:

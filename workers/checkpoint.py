@@ -17,7 +17,6 @@ rank checkpoints at the same step.
 from __future__ import annotations
 
 import random
-import re
 import shutil
 import signal
 import threading
@@ -27,8 +26,13 @@ from typing import Any
 
 import torch
 
-LATEST = "latest"
-_TAG = re.compile(r"step-(\d+)")
+# The layout (tags, the ``latest`` pointer) lives in a torch-free module the control plane
+# reads too; re-exported here for the training loop.
+from workers.checkpoint_layout import LATEST as LATEST
+from workers.checkpoint_layout import checkpoint_tags as checkpoint_tags
+from workers.checkpoint_layout import latest_tag as latest_tag
+from workers.checkpoint_layout import mark_latest as mark_latest
+from workers.checkpoint_layout import tag_for as tag_for
 
 
 class PreemptionNotice:
@@ -105,32 +109,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def tag_for(step: int) -> str:
-    """Directory name of the checkpoint taken after ``step`` optimizer steps."""
-    return f"step-{step}"
-
-
-def latest_tag(checkpoint_dir: Path) -> str | None:
-    """Tag of the newest complete checkpoint, or None."""
-    pointer = checkpoint_dir / LATEST
-    if not pointer.exists():
-        return None
-    tag = pointer.read_text().strip()
-    return tag if (checkpoint_dir / tag).is_dir() else None
-
-
-def checkpoint_tags(checkpoint_dir: Path) -> list[str]:
-    """The ``step-<n>`` checkpoint directories under ``checkpoint_dir``, oldest first."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p.name)
-        for p in checkpoint_dir.iterdir()
-        if p.is_dir() and (m := _TAG.fullmatch(p.name))
-    ]
-    return [name for _, name in sorted(found)]
-
-
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest``
     names. Returns the deleted tags. Call on one rank, after ``latest`` moved."""
@@ -141,13 +119,6 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> list[str]:
     for tag in doomed:
         shutil.rmtree(checkpoint_dir / tag, ignore_errors=True)
     return doomed
-
-
-def mark_latest(checkpoint_dir: Path, tag: str) -> None:
-    """Atomically point ``latest`` at ``tag`` (after the checkpoint is fully written)."""
-    tmp = checkpoint_dir / f".{LATEST}.tmp"
-    tmp.write_text(tag)
-    tmp.replace(checkpoint_dir / LATEST)
 
 
 def save_client_state(directory: Path, state: dict[str, Any], rank: int) -> None:

@@ -8,6 +8,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -156,6 +157,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     def healthz(session: SessionDep) -> dict[str, Any]:
         session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         return {"status": "ok", "database": engine.dialect.name}
+
+    @app.get("/readyz", operation_id="ready", tags=["health"])
+    def readyz(session: SessionDep) -> Any:
+        """Ready to serve submissions at full speed (``/healthz``: alive). 503 while the
+        planner still warms up (it holds its lock while importing torch)."""
+        session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        waiting = [] if not settings.warm_planner or planning.is_warm() else ["planner"]
+        if waiting:
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "code": "not_ready",
+                    "message": "starting: the planner is still warming up",
+                    "details": {"waiting_for": waiting},
+                },
+                headers={"Retry-After": "1"},
+            )
+        return {"status": "ready", "database": engine.dialect.name}
 
     _self_hosted_docs(app)
     # Jobs first: routes are matched in order, and POST /v1/jobs is the hottest route (after

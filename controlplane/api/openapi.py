@@ -51,7 +51,7 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
                 entry["content"] = {"application/json": {"schema": _ERROR}}
                 if headers:
                     entry["headers"] = headers
-            if statuses and path != "/healthz" and _authenticated(op):
+            if statuses and path not in _PROBES and _authenticated(op):
                 op["security"] = [{"bearer": []}]
     components = schema.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -67,8 +67,11 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_PROBES = ("/healthz", "/readyz")  # unauthenticated: the orchestrator's probes
+
+
 def _statuses(path: str, method: str, op: dict[str, Any]) -> list[str]:
-    if path == "/healthz":
+    if path in _PROBES:
         return ["503"]
     if not path.startswith("/v1/"):
         return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
@@ -16,8 +17,18 @@ log = logging.getLogger("nuri.audit")
 
 
 class AuditCheckpointer:
-    def __init__(self, engine: Engine, key: Ed25519PrivateKey, interval_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        key: Ed25519PrivateKey,
+        interval_s: float,
+        leading: Callable[[], bool] | None = None,
+    ) -> None:
+        """``leading``: sign only while it answers True (a scheduler that leads), so that
+        one process signs in any deployment; None signs always (``nuri up``)."""
         self._engine = engine
+        self._leading = leading
+        self.rounds = 0  # rounds run, signing or not (tests wait on it)
         self._key = key
         self._interval = interval_s
         self._stop = threading.Event()
@@ -29,12 +40,17 @@ class AuditCheckpointer:
 
     def _run(self) -> None:
         while True:
+            wait = self._interval
             try:
-                n = self.tick()
-                log.info("signed %d audit stream head(s)", n)
+                if self._leading is None or self._leading():
+                    n = self.tick()
+                    log.info("signed %d audit stream head(s)", n)
+                else:
+                    wait = min(self._interval, 5.0)  # not leading (yet): ask again soon
             except Exception:
                 log.exception("audit checkpoint failed")
-            if self._stop.wait(self._interval):
+            self.rounds += 1
+            if self._stop.wait(wait):
                 return
 
     def start(self) -> None:

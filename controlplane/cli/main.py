@@ -69,6 +69,7 @@ def up(
     from controlplane.db.types import utcnow
     from controlplane.observability import logs, tracing
     from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
+    from controlplane.scheduler import holder as scheduler_holder
     from controlplane.services.inventory import list_pools, pool_capacity
     from controlplane.settings import Settings
 
@@ -112,7 +113,11 @@ def up(
         scheduler = SchedulerService(
             engine,
             RayExecutor(),
-            SchedulerConfig(jobs_root=settings.resolved_jobs_dir),
+            # The holder name survives a restart: the lease is taken back at once.
+            SchedulerConfig(
+                jobs_root=settings.resolved_jobs_dir,
+                holder=scheduler_holder.claim(settings.ensure_home()),
+            ),
         )
         api.state.scheduler_wake = scheduler.wake
         scheduler.start()

@@ -289,6 +289,12 @@ class Job(SQLModel, table=True):
     preempt_deadline: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Events of the current attempt already stored (so a re-read after a crash adds none).
     observed_events: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Attempts lost with the control plane or Ray itself: not counted against max_retries.
+    free_requeues: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # The Ray session the current attempt was launched in (a new one means Ray restarted).
+    ray_session: str | None = Field(default=None, max_length=100)
+    # When the current attempt's supervisor last answered (an unseen death is billed to it).
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     queue_position: int | None = None
     eta: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

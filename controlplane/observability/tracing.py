@@ -54,7 +54,7 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # any length stays well inside the SDK's 128 events per span.
 STEP_EVENT_EVERY = 1000
 # Routes not worth a trace (probes and scrapes, every few seconds).
-EXCLUDED_URLS = "/healthz,/metrics"
+EXCLUDED_URLS = "/healthz,/readyz,/metrics"
 
 _provider: TracerProvider | None = None
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # those with SQL spans

@@ -7,6 +7,7 @@ others stand by), and by the restart tests, which kill it with SIGKILL mid-run.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -14,10 +15,14 @@ from pathlib import Path
 import ray
 
 import quotas
+from controlplane.audit import signing
+from controlplane.audit.checkpointer import AuditCheckpointer
 from controlplane.db.engine import make_engine, migrate
 from controlplane.observability import logs, metrics, tracing
-from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService
+from controlplane.scheduler import RayExecutor, SchedulerConfig, SchedulerService, holder
 from controlplane.settings import Settings
+
+log = logging.getLogger("nuri.scheduler")
 
 
 def main() -> None:
@@ -33,7 +38,12 @@ def main() -> None:
         default=str(settings.resolved_jobs_dir),
         help="the jobs area: <jobs root>/<member id>/<job id>/ per job",
     )
-    p.add_argument("--holder", default=None, help="instance name (default: host + random)")
+    p.add_argument(
+        "--holder",
+        default=None,
+        help="instance name (default: kept in NURI_HOME/scheduler-holder, so that a restarted "
+        "scheduler takes its lease back at once)",
+    )
     p.add_argument("--lease-ttl", type=float, default=15.0)
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--grace-period", type=float, default=120.0)
@@ -51,15 +61,24 @@ def main() -> None:
     engine = make_engine(args.database_url)
     migrate(engine)
     tracing.instrument_engine(engine)
-    ray.init(address=args.ray_address, namespace="nuri", log_to_driver=False)
+    ctx = ray.init(address=args.ray_address, namespace="nuri", log_to_driver=False)
+    ray_info = getattr(ctx, "address_info", {}).get("address", args.ray_address)
     config = SchedulerConfig(
         jobs_root=Path(args.jobs_root),
         lease_ttl_s=args.lease_ttl,
         interval_s=args.interval,
         engine=quotas.EngineConfig(grace_period=args.grace_period, min_runtime=args.min_runtime),
-        **({"holder": args.holder} if args.holder else {}),
+        holder=args.holder or holder.claim(settings.home),
     )
     service = SchedulerService(engine, RayExecutor(), config)
+    log.info("scheduler %s on %s (database %s)", config.holder, ray_info, engine.dialect.name)
+    # Audit checkpoints are signed by the leader only: exactly one signer in any deployment.
+    checkpointer = AuditCheckpointer(
+        engine,
+        signing.load_or_create(settings.resolved_audit_key_path),
+        settings.audit_checkpoint_interval_s,
+        leading=lambda: service.token is not None,
+    )
     if args.metrics_port is not None:
         # Events only: the cluster's state comes from the API's /metrics (no double count).
         metrics.serve(args.metrics_host, args.metrics_port, None, settings.metrics_public)
@@ -74,7 +93,9 @@ def main() -> None:
     if k8s is not None:
         service.placement_pause = k8s.pause_reason
     service.start()
+    checkpointer.start()
     done.wait()
+    checkpointer.stop()
     if k8s is not None:
         k8s.stop()
     service.stop()

@@ -76,6 +76,14 @@ class RayExecutor:
         self.ready_timeout_s = ready_timeout_s
         self.call_timeout_s = call_timeout_s
 
+    def session(self) -> str | None:
+        """The Ray session this process is connected to (a new one each time a Ray cluster
+        starts): an attempt launched in another session went away with its Ray."""
+        try:
+            return str(ray.get_runtime_context().get_session_name())
+        except Exception:  # not connected, or a client without a session name
+            return None
+
     # --- inventory -------------------------------------------------------------------------
 
     def inventory(self, registered: set[str]) -> Inventory:

@@ -60,6 +60,21 @@ log = logging.getLogger("nuri.scheduler")
 S = JobStatus
 
 
+def _log_decisions(report: CycleReport) -> None:
+    """The cycle's decisions at INFO, one line per kind (admitted, preempted, requeued,
+    finished), so a standalone scheduler's log says what it did."""
+    if not report.leader:
+        return
+    for what, ids in (
+        ("admitted", report.admitted),
+        ("preempted", report.preempted),
+        ("requeued", report.requeued),
+        ("finished", [f"{j}={status}" for j, status in report.finished.items()]),
+    ):
+        if ids:
+            log.info("cycle %s %d: %s", what, len(ids), " ".join(ids))
+
+
 @dataclass
 class CycleReport:
     leader: bool
@@ -126,6 +141,9 @@ class SchedulerService(JobTransitions):
         # scheduler's main from ``controlplane.k8s``; asked once per cycle.
         self.placement_pause: Callable[[], str | None] = lambda: None
         self._paused: str | None = None  # the pause of the last cycle
+        # Cache only: the (job, attempt) preemption notices this instance has sent while
+        # leading; a PREEMPTING job not in it gets its notice again (see ``_observe_one``).
+        self._notified: set[tuple[str, int]] = set()
 
     # --- phase 0: leadership ---------------------------------------------------------------
 
@@ -162,9 +180,33 @@ class SchedulerService(JobTransitions):
             report.error = str(exc)
             report.leader = False
             self.token = None
+            self._notified.clear()  # whoever leads next resends what it must
+        _log_decisions(report)
         metrics.record_cycle(report, time.monotonic() - started)
         self.last_report = report
         return report
+
+    def _heartbeat(self, job_ids: list[str]) -> None:
+        """The attempts whose supervisors answered this cycle are alive now: an attempt that
+        later dies unseen (with the control plane, or its Ray) is billed to this moment."""
+        if not job_ids:
+            return
+        now = self.clock()
+        with Session(self.db, expire_on_commit=False) as s:
+            self._fence(s, now)
+            s.execute(update(Job).where(col(Job.id).in_(job_ids)).values(heartbeat_at=now))
+            s.commit()
+
+    def _attempt_lost(self, job: Job, why: str, report: CycleReport) -> None:
+        """The attempt's supervisor is gone. Launched in another Ray session than the one
+        running now, it went away with Ray itself (the control plane's crash took its Ray
+        along, or the Ray head restarted): free; otherwise a failure of the job or its node.
+        Either way billed to its last heartbeat."""
+        current = self.ray.session()
+        if job.ray_session and current and job.ray_session != current:
+            self._lost_with_the_control_plane(job, why, report)
+        else:
+            self._infrastructure_failure(job, why, report, ended_at=job.heartbeat_at)
 
     def _endpoints(self, now: datetime) -> None:
         """Endpoints' replica jobs in step with their targets (``serving.controller``), before
@@ -199,6 +241,7 @@ class SchedulerService(JobTransitions):
             in (S.ADMITTED.value, S.RUNNING.value, S.PREEMPTING.value, S.CANCELLED.value)
         ]
         reports = self.ray.status_many(live) if live else {}
+        self._heartbeat([job_id for job_id, r in reports.items() if isinstance(r, dict)])
         for job in jobs:
             try:
                 self._observe_one(job, inventory, reports.get(job.id), report)
@@ -229,9 +272,17 @@ class SchedulerService(JobTransitions):
         lost_nodes = [n for n, _ in job.assignment if n not in inventory.alive]
         if lost_nodes and status in (S.RUNNING, S.PREEMPTING):
             # Ray marks the node dead: the attempt is over whatever its supervisor says.
-            self._infrastructure_failure(job, f"node(s) lost: {', '.join(lost_nodes)}", report)
+            self._infrastructure_failure(
+                job, f"node(s) lost: {', '.join(lost_nodes)}", report, ended_at=job.heartbeat_at
+            )
             return
         if isinstance(sup, Unanswered):
+            deadline = job.preempt_deadline
+            if status is S.PREEMPTING and deadline and self.clock() >= deadline:
+                # The grace period is over: a silent supervisor does not extend it.
+                self._silent_since.pop(job.id, None)
+                self._requeue_after_preemption(job, report)
+                return
             since = self._silent_since.setdefault(job.id, self.clock())
             if (self.clock() - since).total_seconds() > self.config.supervisor_timeout_s:
                 self._silent_since.pop(job.id, None)
@@ -239,13 +290,13 @@ class SchedulerService(JobTransitions):
             return
         self._silent_since.pop(job.id, None)
         if isinstance(sup, Exception):
-            self._infrastructure_failure(job, str(sup), report)
+            self._attempt_lost(job, str(sup), report)
             return
         if sup is None:
             if status is S.ADMITTED:
                 self._launch(job, inventory, report)  # admitted, never launched (crash)
             else:
-                self._infrastructure_failure(job, "supervisor is gone", report)
+                self._attempt_lost(job, "supervisor is gone", report)
             return
         if not self._store_events(job, sup["events"]):
             return
@@ -253,6 +304,13 @@ class SchedulerService(JobTransitions):
         if status is S.ADMITTED:
             self._mark_running(job, report)
             return
+        if status is S.PREEMPTING and (job.id, job.attempt) not in self._notified:
+            # A notice sent by an earlier leader (or before a crash) may never have arrived:
+            # the deadline is in the database, the notice is sent again (idempotent).
+            deadline = job.preempt_deadline or now
+            self.ray.preempt(job.id, deadline.timestamp())
+            self._notified.add((job.id, job.attempt))
+            log.info("preemption notice of %s sent again (deadline %s)", job.id, deadline)
         if status is S.RUNNING and sup["state"] == "running":
             with Session(self.db, expire_on_commit=False) as s:
                 decision = residency.placement(s, job, job.pool or "")
@@ -342,6 +400,7 @@ class SchedulerService(JobTransitions):
             self._explained_at = now
         for job_id, deadline in notices:
             self.ray.preempt(job_id, deadline.timestamp())
+
         with Session(self.db, expire_on_commit=False) as s:
             admitted = [
                 j
@@ -437,6 +496,7 @@ class SchedulerService(JobTransitions):
                         },
                     )
                     notices.append((victim, deadline))
+                    self._notified.add((victim, job.attempt))
                     report.preempted.append(victim)
                     report.preemptions.append((job.pool or "", p.reason))
             for pend in decisions.pending:

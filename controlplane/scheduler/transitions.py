@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -26,11 +27,35 @@ from controlplane.scheduler.executor import RayExecutor
 from controlplane.services import artifacts
 from controlplane.serving.names import SERVE_KIND
 from controlplane.usage import close_usage, open_usage
+from workers import checkpoint_layout
 
 if TYPE_CHECKING:
     from controlplane.scheduler.service import CycleReport, SchedulerConfig
 
 S = JobStatus
+
+
+def _checkpoint_on_disk(job: Job) -> checkpoint_layout.Found | None:
+    """The newest complete checkpoint in the job's checkpoint directory (this attempt's
+    plan names it), when this machine sees the jobs area."""
+    root = ((job.execution_plan or {}).get("dirs") or {}).get("checkpoints")
+    return checkpoint_layout.newest(Path(root)) if root else None
+
+
+def _recorded_step(s: Session, job: Job) -> int:
+    """The step of the last checkpoint the database recorded for the job (-1: none)."""
+    last = s.exec(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type == "checkpoint")
+        .order_by(col(JobEvent.id).desc())
+        .limit(1)
+    ).first()
+    return int(last.details.get("step", -1)) if last is not None else -1
+
+
+def retries_used(job: Job) -> int:
+    """Attempts that failed for a reason of the job or its node (so far)."""
+    return job.attempt - 1 - job.times_preempted - job.free_requeues
 
 
 class JobTransitions:
@@ -68,7 +93,10 @@ class JobTransitions:
         report: CycleReport,
         code: str | None = None,
         details: dict[str, Any] | None = None,
+        ended_at: datetime | None = None,
     ) -> None:
+        """End the attempt (and the job) in ``to``; its GPUs are billed to ``ended_at`` (an
+        unseen death: the last heartbeat), else to now."""
         now = self.clock()
         output = self._output_of(job) if to is S.SUCCEEDED else None
         with Session(self.db, expire_on_commit=False) as s:
@@ -108,7 +136,7 @@ class JobTransitions:
             s.commit()
         self.ray.teardown(job.id, job.attempt, serve=job.kind == SERVE_KIND)
         job.status = to.value
-        self._release(job, now, report)
+        self._release(job, ended_at or now, report)
         report.finished[job.id] = to.value
 
     def _output_of(self, job: Job) -> artifacts.Output | None:
@@ -124,10 +152,19 @@ class JobTransitions:
         read = [r for ev in staged for r in ev.details.get("records", [])]
         return artifacts.output_of(job, read)
 
-    def _infrastructure_failure(self, job: Job, why: str, report: CycleReport) -> None:
-        if job.attempt > job.max_retries:
+    def _infrastructure_failure(
+        self, job: Job, why: str, report: CycleReport, ended_at: datetime | None = None
+    ) -> None:
+        """The attempt failed for a reason of the job or its node: a retry is used up
+        (preemptions and attempts lost with the control plane never count)."""
+        if retries_used(job) >= job.max_retries:
             self._finish(
-                job, S.FAILED, f"{why}; no retries left", report, code="infrastructure_failure"
+                job,
+                S.FAILED,
+                f"{why}; no retries left",
+                report,
+                code="infrastructure_failure",
+                ended_at=ended_at,
             )
             return
         self._requeue(
@@ -136,6 +173,25 @@ class JobTransitions:
             "infrastructure_failure",
             report,
             preempted=False,
+            ended_at=ended_at,
+        )
+
+    def _lost_with_the_control_plane(self, job: Job, why: str, report: CycleReport) -> None:
+        """The attempt went away with Ray itself (a new Ray session since it was launched: a
+        one-host control plane killed together with its Ray, a restarted Ray head): requeued
+        for free, billed to its last heartbeat."""
+        message = (
+            f"{why}: Ray restarted since this attempt started (it went away with the control "
+            "plane); resuming from the last checkpoint, not counted against its retries"
+        )
+        self._requeue(
+            job,
+            message,
+            "control_plane_restart",
+            report,
+            preempted=S(job.status) is S.PREEMPTING,
+            free=S(job.status) is not S.PREEMPTING,
+            ended_at=job.heartbeat_at,
         )
 
     def _requeue_after_preemption(self, job: Job, report: CycleReport) -> None:
@@ -144,14 +200,40 @@ class JobTransitions:
         )
 
     def _requeue(
-        self, job: Job, message: str, code: str, report: CycleReport, preempted: bool
+        self,
+        job: Job,
+        message: str,
+        code: str,
+        report: CycleReport,
+        preempted: bool,
+        free: bool = False,
+        ended_at: datetime | None = None,
     ) -> None:
+        """Back to the queue for a new attempt; ``free``: not counted against the retries;
+        ``ended_at``: bill the attempt to then (its last heartbeat) instead of now."""
         now = self.clock()
         self.ray.teardown(job.id, job.attempt, serve=job.kind == SERVE_KIND)
+        # The checkpoint the next attempt resumes from is the one on disk: a supervisor that
+        # died (or was torn down) may not have reported its last one.
+        found = _checkpoint_on_disk(job)
         started = time.time_ns()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
-            gpu_seconds = close_usage(s, job.id, job.attempt, now)
+            gpu_seconds = close_usage(s, job.id, job.attempt, ended_at or now)
+            extra: dict[str, Any] = {}
+            if found is not None and found.step > _recorded_step(s, job):
+                extra = {"checkpoint_uri": found.uri, "last_checkpoint_at": found.at}
+                s.add(
+                    JobEvent(
+                        job_id=job.id,
+                        at=found.at,
+                        type="checkpoint",
+                        attempt=job.attempt,
+                        message=f"checkpoint at step {found.step} (found on disk)",
+                        details={"uri": found.uri, "step": found.step},
+                    )
+                )
+                job.checkpoint_uri = found.uri
             transition(
                 s,
                 job.id,
@@ -165,6 +247,10 @@ class JobTransitions:
                 observed_events=0,
                 preempt_deadline=None,
                 times_preempted=job.times_preempted + (1 if preempted else 0),
+                free_requeues=job.free_requeues + (1 if free else 0),
+                ray_session=None,
+                heartbeat_at=None,
+                **extra,
             )
             audit_log.record(
                 s,
@@ -188,6 +274,7 @@ class JobTransitions:
         self._wake.set()
 
     def _mark_running(self, job: Job, report: CycleReport) -> None:
+        session = self.ray.session()  # the Ray this attempt runs in (outside the transaction)
         now = self.clock()
         with Session(self.db, expire_on_commit=False) as s:
             self._fence(s, now)
@@ -199,8 +286,11 @@ class JobTransitions:
                 now=now,
                 message=f"running on {', '.join(n for n, _ in job.assignment)}",
                 reasons=[],
+                ray_session=session,
+                heartbeat_at=now,
             )
             job.status = S.RUNNING.value
+            job.ray_session, job.heartbeat_at = session, now
             open_usage(s, job, now)
             s.commit()
         report.launched.append(job.id)

@@ -69,3 +69,17 @@ def test_contenders_race_and_exactly_one_wins(db: Engine) -> None:
     winners = [n for n, tok in results.items() if tok is not None]
     assert len(winners) == 1, results
     assert results[winners[0]] == 2
+
+
+def test_a_restarted_leader_with_the_same_name_takes_its_lease_back_at_once(db: Engine) -> None:
+    """A scheduler killed while leading and restarted under the same holder name (kept under
+    NURI_HOME) renews its own unexpired lease, same token, instead of waiting out its TTL;
+    another holder still waits, and stale tokens stay fenced."""
+    assert acquire(db, "host-a", T0, ttl=15) == 1
+    # kill -9, restart two seconds later: the lease still has 13 s to run.
+    assert acquire(db, "host-a", T0 + timedelta(seconds=2), ttl=15) == 1
+    assert acquire(db, "standby", T0 + timedelta(seconds=3), ttl=15) is None
+    # Restarted after the lease lapsed: taken back with a new token (as anyone would).
+    assert acquire(db, "host-a", T0 + timedelta(seconds=60), ttl=15) == 2
+    with Session(db) as s, pytest.raises(lease.NotLeader):
+        lease.fence(s, "host-a", 1, T0 + timedelta(seconds=61), 15)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, select
+import ray
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
-from controlplane.db.models import JobLog, UsageRecord
-from tests.integration.scheduler.conftest import NODES, WAIT_S, Env, node_args
+from controlplane.db.models import Job, JobEvent, JobLog, UsageRecord
+from controlplane.db.types import utcnow
+from controlplane.jobstate import JobStatus, transition
+from controlplane.scheduler.executor import supervisor_name
+from tests.integration.scheduler.conftest import (
+    NODES,
+    WAIT_S,
+    Env,
+    make_service,
+    node_args,
+)
+from workers import checkpoint_layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -137,3 +152,113 @@ def test_max_runtime_is_enforced_and_app_failures_are_not_retried(env: Env) -> N
     )
     done = env.until_status(broken["id"], "FAILED")
     assert done["attempt"] == 1 and "rank" in done["reasons"][0]["message"]
+
+
+def _row(env: Env, job_id: str) -> Job:
+    with Session(env.engine, expire_on_commit=False) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _events(env: Env, job_id: str) -> list[JobEvent]:
+    with Session(env.engine) as s:
+        return list(
+            s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id)))
+        )
+
+
+def test_an_attempt_lost_with_its_ray_is_free_and_billed_to_its_last_heartbeat(env: Env) -> None:
+    """Two running jobs with no retries left lose their supervisors. One was launched in a Ray
+    session that is gone (what a one-host control plane killed with its Ray leaves): requeued
+    for free, resumed from the checkpoint on disk, and it succeeds. The other lost its
+    supervisor in the Ray that still runs: a failure of the job, no retries left. Both are
+    billed to their last heartbeat, not to the moment the scheduler noticed."""
+    cfg = {"payload": "synthetic", "steps": 80, "step_seconds": 0.1, "checkpoint_every": 2}
+    lost = env.submit(env.alpha, gpus=8, name="lost-with-ray", config=cfg)
+    failed = env.submit(env.beta, gpus=8, name="lost-alone", config=cfg)
+    ids = [lost["id"], failed["id"]]
+    with Session(env.engine) as s:
+        s.execute(update(Job).where(col(Job.id).in_(ids)).values(max_retries=0))
+        s.commit()
+    for job_id in ids:
+        env.until_status(job_id, "RUNNING")
+    env.run_until(lambda: all(env.job(j)["checkpoint_uri"] for j in ids))
+    assert all(_row(env, j).ray_session == env.service.ray.session() for j in ids)
+    for job_id in ids:
+        ray.kill(ray.get_actor(supervisor_name(job_id), namespace="nuri"), no_restart=True)
+    beats = {}
+    with Session(env.engine) as s:
+        for job_id in ids:
+            job = s.get(Job, job_id)
+            assert job is not None and job.started_at is not None
+            beats[job_id] = job.started_at + timedelta(seconds=1)
+            job.heartbeat_at = beats[job_id]
+            if job_id == lost["id"]:
+                job.ray_session = "session_of_a_ray_that_is_gone"
+            s.add(job)
+        s.commit()
+    plan = _row(env, lost["id"]).execution_plan or {}
+    env.run_until(lambda: env.job(failed["id"])["status"] == "FAILED")
+    env.run_until(lambda: env.job(lost["id"])["attempt"] == 2)
+
+    gone = _row(env, lost["id"])
+    assert gone.free_requeues == 1 and gone.max_retries == 0
+    requeue = next(e for e in _events(env, lost["id"]) if e.from_status == "RUNNING")
+    assert requeue.to_status == "QUEUED"
+    assert "Ray restarted" in requeue.message and "not counted against" in requeue.message
+    # The checkpoint the database records is the one on disk, whatever the supervisor said.
+    on_disk = checkpoint_layout.newest(Path(plan["dirs"]["checkpoints"]))
+    assert on_disk is not None
+    checkpoints = [e for e in _events(env, lost["id"]) if e.type == "checkpoint"]
+    assert checkpoints[-1].details["step"] == on_disk.step
+    done = env.until_status(lost["id"], "SUCCEEDED")
+    assert done["attempt"] == 2
+    starts = [ln for ln in logs(env, lost["id"]) if "starting at step" in ln]
+    assert starts[-1].endswith(f"starting at step {on_disk.step}")
+
+    alone = _row(env, failed["id"])
+    assert alone.free_requeues == 0 and alone.reasons[0]["code"] == "infrastructure_failure"
+    assert "no retries left" in alone.reasons[0]["message"]
+    for job_id in ids:
+        first = [r for r in usage(env, job_id) if r.attempt == 1]
+        assert len(first) == 1 and first[0].ended_at == beats[job_id]
+        assert first[0].gpu_seconds == pytest.approx(8.0)  # 1 s x 8 GPUs
+
+
+def test_a_new_leader_resends_a_lost_preemption_notice(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leader that decided a preemption died before its notice reached the job: the job
+    is PREEMPTING in the database with its deadline, and its supervisor knows nothing. The
+    next leader sends the notice again; the job checkpoints and is requeued well before the
+    deadline (not killed at it), and resumes."""
+    cfg = {"payload": "synthetic", "steps": 400, "step_seconds": 0.1, "checkpoint_every": 2}
+    job = env.submit(env.alpha, gpus=8, name="victim", config=cfg)
+    env.until_status(job["id"], "RUNNING")
+    deadline = utcnow() + timedelta(seconds=WAIT_S)
+    with Session(env.engine) as s:
+        transition(
+            s,
+            job["id"],
+            expected=JobStatus.RUNNING,
+            to=JobStatus.PREEMPTING,
+            now=utcnow(),
+            message="preempted by a leader that then died",
+            preempt_deadline=deadline,
+        )
+        s.commit()
+    env.service.stop()  # the old leader is gone (its lease released: no TTL to wait out)
+    successor = make_service(env.engine, env.tmp, holder="successor")
+    with caplog.at_level(logging.INFO, logger="nuri.scheduler"):
+        env.run_until(lambda: env.job(job["id"])["attempt"] == 2, service=successor)
+    assert any("preemption notice of" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("cycle requeued 1:") for r in caplog.records)
+    requeue = next(e for e in _events(env, job["id"]) if e.from_status == "PREEMPTING")
+    assert (
+        requeue.to_status == "QUEUED"
+        and requeue.message.startswith("preempted")
+        and requeue.at < deadline - timedelta(seconds=WAIT_S / 2)
+    ), "requeued because the notice arrived, not because the deadline passed"
+    assert _row(env, job["id"]).times_preempted == 1
+    successor.stop()
