@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/nuri up --demo --port $(PORT)
+	$(BIN)/nuri up --demo --port $(PORT) --stop-ray  # Ctrl-C stops Nuri's Ray daemon too
 
 # PostgreSQL for the integration tests; started when it is not already running.
 postgres:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # Ed25519 key (PEM) that signs audit checkpoints; created under NURI_HOME when absent.
     audit_key_path: Path | None = None
     audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    # Preemption: how long a victim has to checkpoint and stop, and how long a job runs at
+    # least before it may be preempted (the scheduler's engine; `nuri up` and the
+    # standalone scheduler alike).
+    preemption_grace_s: float = Field(default=120.0, gt=0)
+    min_runtime_s: float = Field(default=600.0, ge=0)
     # Import the capacity planner (torch, transformers: seconds) at start, not on first use.
     warm_planner: bool = True
     # The job area: each job gets <jobs_dir>/<member id>/<job id>/ (inputs, checkpoints,

@@ -30,6 +30,9 @@ Guarantees of one cycle, each checked by property tests in tests/unit/quotas:
   take whole nodes (inside one domain when asked);
 * a member's usage stays within nominal + borrowing limit, lenders never lend more than
   their lending limit, a cohort never hands out more than its quota;
+* a member without a quota row in a pool holds at most the pool's
+  ``default_borrowing_limit`` there (0: it is never admitted there), and the reasons of
+  the jobs this keeps waiting say so;
 * non-preemptible work is admitted only inside nominal quota;
 * a job that fits its member's unused nominal quota starts now if GPUs are free, else
   borrowers are preempted (with a grace period) to make room;

@@ -32,8 +32,40 @@ def committed_gpu_hours(
 
 def headroom_gpu_hours(budget: Budget, running: Iterable[RunningWorkload], now: float) -> float:
     """GPU-hours a member may still commit to new jobs in the current period."""
-    committed = committed_gpu_hours(running, now, budget.period_end)
-    return budget.limit_gpu_hours - budget.used_gpu_hours - committed
+    return budget_left(budget, running, now).left_gpu_hours
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLeft:
+    """What is left of a budget this period, and why: ``left = limit - used - reserved``.
+
+    ``reserved_gpu_hours`` is what the member's running jobs may still burn before the
+    period ends (each up to its max runtime): admission counts it as spent, so the job page's
+    wait reason and the usage page say the same number. ``left`` may be negative when
+    running jobs could overrun the budget (they are never stopped for it).
+    """
+
+    limit_gpu_hours: float
+    used_gpu_hours: float
+    reserved_gpu_hours: float
+    left_gpu_hours: float
+
+    def describe(self) -> str:
+        """``12.0 of 100.0 GPU-h left this period (80.0 used, 8.0 reserved by running
+        jobs)``: the one wording of the portal's pages and the engine's reasons."""
+        return (
+            f"{max(0.0, self.left_gpu_hours):.1f} of {self.limit_gpu_hours:.1f} GPU-h left this "
+            f"period ({self.used_gpu_hours:.1f} used, {self.reserved_gpu_hours:.1f} reserved "
+            "by running jobs)"
+        )
+
+
+def budget_left(budget: Budget, running: Iterable[RunningWorkload], now: float) -> BudgetLeft:
+    """The budget's headroom at ``now`` with its parts (see :class:`BudgetLeft`);
+    ``running`` are the member's running workloads."""
+    reserved = committed_gpu_hours(running, now, budget.period_end)
+    left = budget.limit_gpu_hours - budget.used_gpu_hours - reserved
+    return BudgetLeft(budget.limit_gpu_hours, budget.used_gpu_hours, reserved, left)
 
 
 def job_cost_gpu_hours(gpus: int, max_runtime: float, window: float = float("inf")) -> float:

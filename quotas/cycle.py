@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from quotas.budgets import committed_gpu_hours
+from quotas.budgets import BudgetLeft, budget_left
 from quotas.fair_share import FairShare
 from quotas.placement import Placement, PoolIndex
 from quotas.quota_tree import QuotaTree
@@ -76,7 +76,12 @@ class CycleState:
             name: PoolIndex(pool, nodes_by_pool[name]) for name, pool in self.pools.items()
         }
         pool_names = list(self.pools)
-        self.tree = QuotaTree(snapshot.cohorts, snapshot.members, pool_names)
+        self.tree = QuotaTree(
+            snapshot.cohorts,
+            snapshot.members,
+            pool_names,
+            {name: pool.default_borrowing_limit for name, pool in self.pools.items()},
+        )
         capacity = {name: idx.capacity for name, idx in self.index.items()}
         self.fair = FairShare(
             snapshot.members,
@@ -105,15 +110,14 @@ class CycleState:
         # charged only what it may burn before the period ends: ``window`` seconds.
         self.headroom: dict[str, float] = {}
         self.budget_window: dict[str, float] = {}
+        # The headroom's parts at the start of the cycle, for what the reasons say.
+        self.budget_left: dict[str, BudgetLeft] = {}
         for member in self.members.values():
             if member.budget is not None:
                 budget = member.budget
-                committed = committed_gpu_hours(
-                    running_by_member.get(member.name, []), now, budget.period_end
-                )
-                self.headroom[member.name] = (
-                    budget.limit_gpu_hours - budget.used_gpu_hours - committed
-                )
+                found = budget_left(budget, running_by_member.get(member.name, []), now)
+                self.budget_left[member.name] = found
+                self.headroom[member.name] = found.left_gpu_hours
                 self.budget_window[member.name] = max(0.0, budget.period_end - now)
         self.reservations: dict[str, ReservationState] = {}
         # Jobs admitted (or promised a preemption) this cycle: (end, placement) per pool, so
@@ -127,6 +131,21 @@ class CycleState:
         # Per pool, the running jobs that may be victims, cheapest first (built lazily).
         self.victims: dict[str, list[RunningRecord]] = {}
         self.victim_floors: dict[str, VictimFloor] = {}
+
+    def label(self, member: str) -> str:
+        """How messages name a member: its label (the control plane's member name), else
+        its id."""
+        found = self.members.get(member)
+        return (found.label or found.name) if found is not None else member
+
+    def pool_default(self, member: str, pool: str) -> tuple[bool, int | None]:
+        """(True, the pool's default borrowing limit) when the member has no quota of its
+        own in the pool, so the default is what applies to it; (False, None) otherwise."""
+        found = self.members.get(member)
+        spec = self.pools.get(pool)
+        if found is None or spec is None or pool in found.quotas:
+            return False, None
+        return True, spec.default_borrowing_limit
 
     def running(self, pool: str) -> list[RunningRecord]:
         """Running workloads of ``pool`` as records (built on first use: many cycles never

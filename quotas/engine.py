@@ -34,7 +34,7 @@ from operator import attrgetter
 
 from quotas import decisions as codes
 from quotas.backfill import hold, place_backfill, release_timeline, shadow_start, take
-from quotas.budgets import job_cost_gpu_hours
+from quotas.budgets import BudgetLeft, job_cost_gpu_hours
 from quotas.cycle import CycleState
 from quotas.decisions import Admit, Decisions, Pending, Preempt, Reason, Reservation
 from quotas.explain import (
@@ -538,11 +538,19 @@ class _Cycle:
                 )
             # No ETA: a budget is not refilled within its period, and the snapshot does not
             # say what (if anything) the next period grants.
+            parts = state.budget_left[member]
+            # What this cycle's admissions took is reserved too (by now-running jobs).
+            shown = BudgetLeft(
+                parts.limit_gpu_hours,
+                parts.used_gpu_hours,
+                parts.reserved_gpu_hours + max(0.0, parts.left_gpu_hours - left),
+                left,
+            )
             reason = Reason(
                 codes.BUDGET_EXHAUSTED,
-                f"member {member} GPU-hour budget: job needs up to {cost:.1f} "
-                f"(GPUs x max runtime, up to the period's end), {max(0.0, left):.1f} left "
-                f"this period{ends}; no estimate: it waits for the next period's budget",
+                f"member {state.label(member)} GPU-hour budget: job needs up to {cost:.1f} "
+                f"GPU-h (GPUs x max runtime, up to the period's end); {shown.describe()}"
+                f"{ends}; no estimate: it waits for the next period's budget",
             )
             self.waiting.append(PendingRecord(job, [reason], None, None, True))
         else:
@@ -596,9 +604,10 @@ class _Cycle:
         kind = codes.RECLAIM if plan.reclaim else codes.PRIORITY
         if fresh:
             why = (
-                f"{job.member} reclaims its nominal quota in {pool} for job {job.job_id}"
+                f"{state.label(job.member)} reclaims its nominal quota in {pool} for job "
+                f"{job.job_id}"
                 if plan.reclaim
-                else f"higher-priority job {job.job_id} of {job.member} needs {pool}"
+                else f"higher-priority job {job.job_id} of {state.label(job.member)} needs {pool}"
             )
             self.preempted.append(Preempt(job.job_id, fresh, kind, why, deadline))
         ready = max([*leaving, deadline] if fresh else leaving)
@@ -722,7 +731,10 @@ class _Cycle:
                 if found is None:
                     text = f"{total} jobs waiting"
                     if nuri:
-                        text += f"; member {member} fair-share score {fair.score(member):.2f}"
+                        text += (
+                            f"; member {self.state.label(member)} fair-share score "
+                            f"{fair.score(member):.2f}"
+                        )
                     found = lists[member] = (Reason(codes.QUEUE_POSITION, text), {})
                 where, by_list = found
                 reasons = by_list.get(id(record.reasons))

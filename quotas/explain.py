@@ -105,11 +105,18 @@ class ReasonWriter:
             tree = state.tree
             used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
             basis = self.clock.basis(NOMINAL_ONLY, member, pool, gpus)
-            return Reason(
-                codes.NON_PREEMPTIBLE_OVER_NOMINAL,
-                f"non-preemptible jobs run only inside nominal quota: member {member} uses "
-                f"{used}/{nominal} in {pool}; needs {gpus}; {basis}",
-            )
+            no_row, default = state.pool_default(member, pool)
+            if no_row:
+                text = (
+                    f"{no_quota_rule(state.label(member), pool, default)}; non-preemptible "
+                    "jobs run only inside nominal quota"
+                )
+            else:
+                text = (
+                    "non-preemptible jobs run only inside nominal quota: member "
+                    f"{state.label(member)} uses {used}/{nominal} in {pool}"
+                )
+            return Reason(codes.NON_PREEMPTIBLE_OVER_NOMINAL, f"{text}; needs {gpus}; {basis}")
         if isinstance(what, int):
             raise TypeError(f"a {kind} reason needs the job's shape, not its GPU count")
         return capacity_reason(state, pool, what, flag)
@@ -155,16 +162,34 @@ def _quota_facts(state: CycleState, member: str, pool: str) -> tuple[int, int | 
     tree = state.tree
     used, nominal = tree.usage(member, pool), tree.nominal(member, pool)
     limit = tree.borrowing_limit(member, pool)
-    limit_text = "unlimited" if limit is None else str(limit)
-    exceeded = (
-        f"member {member} quota in {pool}: {used}/{nominal} in use, borrowing limit {limit_text}"
-    )
-    cohort = tree.cohort_of(member) or member
+    name = state.label(member)
+    no_row, _ = state.pool_default(member, pool)
+    if no_row:
+        exceeded = f"{no_quota_rule(name, pool, limit)}; it uses {used} there"
+    else:
+        limit_text = "unlimited" if limit is None else str(limit)
+        exceeded = (
+            f"member {name} quota in {pool}: {used}/{nominal} in use, borrowing limit {limit_text}"
+        )
+    cohort = tree.cohort_of(member) or name
     exhausted = (
-        f"nothing lendable in cohort {cohort} for {pool}: member {member} uses "
+        f"nothing lendable in cohort {cohort} for {pool}: member {name} uses "
         f"{used}/{nominal}, {tree.available(member, pool)} GPUs available"
     )
+    if no_row:
+        exhausted = f"{no_quota_rule(name, pool, limit)}; {exhausted}"
     return used, None if limit is None else nominal + limit, exceeded, exhausted
+
+
+def no_quota_rule(member: str, pool: str, limit: int | None) -> str:
+    """What a member without a quota row in a pool may do there, in words."""
+    if limit is None:
+        allowed = "members without quota may borrow idle GPUs without a limit"
+    elif limit == 0:
+        allowed = "members without quota may not run there"
+    else:
+        allowed = f"members without quota may borrow up to {limit} GPUs"
+    return f"member {member} has no quota in {pool}; {allowed}"
 
 
 def rank(reasons: Iterable[Reason]) -> list[Reason]:
@@ -370,6 +395,11 @@ class QuotaClock:
                 )
             limit = tree.borrowing_limit(member, pool)
             if limit is not None and gpus > tree.nominal(member, pool) + limit:
+                if state.pool_default(member, pool)[0]:
+                    return (
+                        f"no estimate: it needs more than the {limit} GPUs members without "
+                        f"quota may use in {pool}"
+                    )
                 return "no estimate: it needs more than nominal quota + borrowing limit"
             return f"no estimate: running jobs in {pool} ending would not free enough quota"
         if found.at > state.now:
@@ -428,7 +458,8 @@ class QuotaClock:
         if found is None:
             found = key
             if kind == QUOTA:
-                quota = self.state.members[member].quotas.get(pool)
+                # The quota the tree applies: the member's own or the pool's default.
+                quota = self.state.tree.quota(member, pool)
                 cohort = self.state.tree.cohort_of(member)
                 if cohort and (
                     quota is None

@@ -15,6 +15,10 @@ For every tree node ``n`` (member or cohort) and pool:
 So a member can never exceed ``nominal + borrowing_limit``, never takes more of another
 member's nominal than that member's lending limit allows, and the cohort never hands out more
 than its members' quota.
+
+A member with no quota of its own in a pool whose ``default_borrowing_limit`` is set gets
+``Quota(nominal=0, borrowing_limit=default)`` there: it borrows at most that many GPUs (0:
+none). Without a default (``None``) it borrows without a limit of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from quotas.snapshot import Cohort, Member, Quota
+
+NO_DEFAULTS: Mapping[str, int | None] = {}
 
 QuotaItems = tuple[tuple[str, Quota], ...]
 TreeKey = tuple[
@@ -111,13 +117,35 @@ def _items(quotas: Mapping[str, Quota]) -> QuotaItems:
     return tuple(sorted(quotas.items()))
 
 
-class QuotaTree:
-    """Mutable per-cycle quota state; usage changes as the cycle admits and preempts."""
+def _member_items(quotas: Mapping[str, Quota], defaults: Mapping[str, Quota]) -> QuotaItems:
+    """A member's own quotas plus the pool defaults where it has none."""
+    if not defaults:
+        return _items(quotas)
+    return _items({**defaults, **quotas})
 
-    def __init__(self, cohorts: Iterable[Cohort], members: Iterable[Member], pools: list[str]):
+
+class QuotaTree:
+    """Mutable per-cycle quota state; usage changes as the cycle admits and preempts.
+
+    ``defaults`` maps a pool to its ``default_borrowing_limit`` (see :class:`Pool
+    <quotas.snapshot.Pool>`); pools left out, or mapped to None, have none.
+    """
+
+    def __init__(
+        self,
+        cohorts: Iterable[Cohort],
+        members: Iterable[Member],
+        pools: list[str],
+        defaults: Mapping[str, int | None] = NO_DEFAULTS,
+    ):
+        implied = {
+            pool: Quota(nominal=0, borrowing_limit=limit)
+            for pool, limit in defaults.items()
+            if limit is not None and pool in pools
+        }
         key: TreeKey = (
             tuple(sorted((c.name, c.parent, _items(c.quotas)) for c in cohorts)),
-            tuple(sorted((m.name, m.cohort, _items(m.quotas)) for m in members)),
+            tuple(sorted((m.name, m.cohort, _member_items(m.quotas, implied)) for m in members)),
             tuple(pools),
         )
         shape = _structure(key)
@@ -140,7 +168,8 @@ class QuotaTree:
         return self._nominal[pool][self.member_index[member]]
 
     def borrowing_limit(self, member: str, pool: str) -> int | None:
-        """The member's borrowing limit in the pool (None = unlimited, also without a quota)."""
+        """The member's borrowing limit in the pool (None = unlimited); without a quota of
+        its own, the pool's default borrowing limit."""
         quota = self._quota[self.member_index[member]].get(pool)
         return quota.borrowing_limit if quota else None
 
@@ -197,3 +226,8 @@ class QuotaTree:
         """Name of the member's parent cohort ('' for a member without one)."""
         parent = self._parent[self.member_index[member]]
         return self._names[parent] if parent >= 0 else ""
+
+    def quota(self, member: str, pool: str) -> Quota | None:
+        """The quota the tree applies to the member in the pool (its own, or the pool's
+        default), None when it has neither."""
+        return self._quota[self.member_index[member]].get(pool)

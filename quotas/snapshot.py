@@ -7,7 +7,8 @@ calls ``quotas.admit(snapshot, now)``. Every type here is a plain frozen datacla
 
 Shape of the data (one row type per class):
 
-* :class:`Pool` -- a resource flavor at a site (GPU model, GPUs per node, region).
+* :class:`Pool` -- a resource flavor at a site (GPU model, GPUs per node, region), and what
+  a member without a quota row there may borrow (``default_borrowing_limit``).
 * :class:`Node` -- a machine in a pool, inside one interconnect ``domain`` (NVLink island or
   rack), with ``total_gpus`` and the ``free_gpus`` the control plane sees right now.
 * :class:`Cohort` / :class:`Member` -- the quota tree: consortium cohort -> optional
@@ -51,7 +52,14 @@ class SnapshotError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """A resource flavor at a site: one GPU model and node size."""
+    """A resource flavor at a site: one GPU model and node size.
+
+    ``default_borrowing_limit`` is what a member with no :class:`Quota` of its own in this
+    pool may hold there: it is treated as ``Quota(nominal=0, borrowing_limit=N)``, so ``0``
+    keeps such members out of the pool and ``N`` lets them borrow up to N GPUs of what
+    others leave idle. ``None`` is unlimited borrowing (the cohort's idle GPUs are the only
+    bound), which is what the control plane passes only for a pool an admin set so.
+    """
 
     name: str
     gpu_model: str
@@ -59,6 +67,7 @@ class Pool:
     gpu_memory_gb: float = 0.0
     region: str = ""
     domain_label: str = "NVLink domain"  # how explanations name this pool's domains
+    default_borrowing_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,7 @@ class Member:
     weight: float | None = None
     budget: Budget | None = None
     decayed_usage_gpu_seconds: float = 0.0
+    label: str = ""  # how messages name the member ('' = its ``name``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +244,10 @@ def validate(snapshot: Snapshot) -> None:
     for pool in snapshot.pools:
         if pool.gpus_per_node <= 0:
             raise SnapshotError("invalid_snapshot", f"pool {pool.name}: gpus_per_node <= 0")
+        if pool.default_borrowing_limit is not None and pool.default_borrowing_limit < 0:
+            raise SnapshotError(
+                "invalid_snapshot", f"pool {pool.name}: negative default borrowing limit"
+            )
     names: set[str] = set()
     for node in snapshot.nodes:
         if node.pool not in pools:

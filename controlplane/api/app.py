@@ -27,7 +27,9 @@ from controlplane.observability import tracing
 from controlplane.observability.metrics import RequestMetricsMiddleware
 from controlplane.portal import admin as portal_admin
 from controlplane.portal import endpoints as portal_endpoints
+from controlplane.portal import jobs_list as portal_jobs_list
 from controlplane.portal import live as portal_live
+from controlplane.portal import overview as portal_overview
 from controlplane.portal import people as portal_people
 from controlplane.portal import routes as portal
 from controlplane.portal import views as portal_views
@@ -234,9 +236,11 @@ def _portal(app: FastAPI) -> None:
 
     app.include_router(portal.router)
     app.include_router(portal_live.router)  # after /portal/jobs/new: it owns /jobs/{id}
+    app.include_router(portal_jobs_list.router)
     app.include_router(portal_people.router)
     app.include_router(portal_admin.router)
     app.include_router(portal_endpoints.router)
+    app.include_router(portal_overview.router)
     app.mount(
         "/portal/static", StaticFiles(directory=portal_views.WEB_DIR / "static"), name="portal"
     )

@@ -7,7 +7,7 @@ Create/Update models forbid unknown fields, so a client cannot smuggle in ``id``
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -125,6 +125,25 @@ class TokenCreated(TokenPublic):
 # --- inventory -----------------------------------------------------------------------------
 
 
+# What members without a quota row in a pool may do there: hold nothing (0), borrow up to N
+# GPUs, or "unlimited" -- always a choice, never a blank (null is refused).
+UNLIMITED: Literal["unlimited"] = "unlimited"
+DefaultBorrowing = Annotated[
+    Annotated[int, Field(ge=0, le=1_000_000)] | Literal["unlimited"],
+    Field(
+        description=(
+            "GPUs a member without a quota row in this pool may borrow there: 0 = none, "
+            'N = up to N of the idle GPUs, "unlimited" = no limit of its own'
+        )
+    ),
+]
+
+
+def borrowing_limit_of(value: int | str) -> int | None:
+    """The stored form of a :data:`DefaultBorrowing` (None = unlimited)."""
+    return None if value == UNLIMITED else int(value)
+
+
 class PoolCreate(Input):
     name: Slug
     gpu_model: Annotated[str, StringConstraints(min_length=1, max_length=40)]
@@ -142,6 +161,8 @@ class PoolCreate(Input):
         le=10000,
         description="Register this many nodes now, spread evenly over the domains.",
     )
+    # Left out: unlimited, what every pool allowed before the setting existed.
+    default_borrowing_limit: DefaultBorrowing = UNLIMITED
 
 
 class PoolUpdate(Input):
@@ -150,6 +171,7 @@ class PoolUpdate(Input):
     jurisdiction: Country | None = None
     max_classification: Classification | None = None
     certification: str | None = Field(default=None, max_length=100)
+    default_borrowing_limit: DefaultBorrowing | None = None
 
 
 class PoolPublic(Output):
@@ -164,9 +186,20 @@ class PoolPublic(Output):
     max_classification: str
     interconnect_domains: list[str]
     certification: str | None
+    default_borrowing_limit: int | Literal["unlimited"]
     created_at: datetime
     node_count: int = 0
     total_gpus: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unlimited(cls, data: Any) -> Any:
+        # The row stores unlimited as NULL; clients read the explicit word.
+        if not isinstance(data, dict):
+            data = {k: getattr(data, k) for k in cls.model_fields if hasattr(data, k)}
+        if data.get("default_borrowing_limit") is None:
+            data = {**data, "default_borrowing_limit": UNLIMITED}
+        return data
 
 
 class NodeCreate(Input):

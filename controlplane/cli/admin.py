@@ -171,9 +171,23 @@ def pools_list(as_json: JsonOpt = False) -> None:
             "region",
             "jurisdiction",
             "max_classification",
+            "default_borrowing_limit",
         ],
         as_json,
     )
+
+
+_DEFAULT_BORROWING_HELP = (
+    "what members without a quota row here may borrow: 0 (nothing), a number of GPUs, "
+    'or "unlimited"'
+)
+
+
+def _default_borrowing(text: str) -> int | str:
+    """The option's value for the API: a number of GPUs, or the word "unlimited" (anything
+    else goes as typed and the API refuses it with its message)."""
+    text = text.strip().lower()
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 @pools.command("create")
@@ -190,6 +204,7 @@ def pools_create(
         list[str] | None, typer.Option(help="interconnect domain (repeatable)")
     ] = None,
     node_count: Annotated[int, typer.Option(help="register this many nodes now")] = 0,
+    default_borrowing: Annotated[str, typer.Option(help=_DEFAULT_BORROWING_HELP)] = "unlimited",
     as_json: JsonOpt = False,
 ) -> None:
     body = {
@@ -203,8 +218,24 @@ def pools_create(
         "max_classification": max_classification,
         "interconnect_domains": domain or [],
         "node_count": node_count,
+        "default_borrowing_limit": _default_borrowing(default_borrowing),
     }
     _show(call(lambda c: c.create("pools", body)), as_json)
+
+
+@pools.command("update")
+def pools_update(
+    ref: str,
+    default_borrowing: Annotated[str | None, typer.Option(help=_DEFAULT_BORROWING_HELP)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a pool's settings (only the options given)."""
+    body: dict[str, Any] = {}
+    if default_borrowing is not None:
+        body["default_borrowing_limit"] = _default_borrowing(default_borrowing)
+    if not body:
+        fail("nothing to change: give --default-borrowing")
+    _show(call(lambda c: c.update("pools", ref, body)), as_json)
 
 
 @pools.command("get")

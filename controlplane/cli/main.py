@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
-from typing import TYPE_CHECKING, Annotated
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -58,10 +64,18 @@ def up(
     port: Annotated[int | None, typer.Option(help="API port (default NURI_PORT or 8000)")] = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     ray: Annotated[bool, typer.Option(help="start (or join) Ray with the pools")] = True,
+    stop_ray: Annotated[
+        bool, typer.Option("--stop-ray", help="stop Nuri's Ray daemon when this exits")
+    ] = False,
 ) -> None:
-    """Start the API, the portal, the scheduler and a local Ray (or join NURI_RAY_ADDRESS)."""
+    """Start the API, the portal, the scheduler and Nuri's Ray daemon (or join NURI_RAY_ADDRESS).
+
+    The Ray daemon outlives this command (a restart re-attaches to it and to the running
+    jobs); `nuri down` stops it, or `--stop-ray` when this command exits.
+    """
     import uvicorn
 
+    import quotas
     from controlplane import demo as demo_seed
     from controlplane import ray_runtime
     from controlplane.api.app import create_app
@@ -77,6 +91,10 @@ def up(
         settings = Settings()
     except ValueError as exc:
         fail(f"bad settings: {exc}", code=2)
+    # SIGTERM and SIGINT end this process through its `finally` (no traceback); uvicorn
+    # takes them over while it serves and raises them again once it has stopped.
+    signal.signal(signal.SIGTERM, _leave)
+    signal.signal(signal.SIGINT, _leave)
     logs.configure(settings.log_format)
     tracing.configure("nuri")  # API and scheduler in one process: one service
     if port is not None:
@@ -96,57 +114,146 @@ def up(
             f"({summary.created} objects created now)"
         )
     scheduler = None
-    if ray:
-        from sqlmodel import Session, select
-
-        from controlplane.db.models import Node
-
-        with Session(engine) as s:
-            gpus = {p.name: pool_capacity(s, p.id)[1] for p in list_pools(s)}
-            node_names = list(s.exec(select(Node.name)).all())
-        with progress("starting Ray" if not settings.ray_address else "joining Ray"):
-            info = ray_runtime.start(gpus, settings.ray_address, node_names)
-        console.print(
-            f"ray: {info.address or 'local'} with "
-            f"{int(info.resources.get('GPU', 0))} logical GPUs in {len(gpus)} pools"
-        )
-        scheduler = SchedulerService(
-            engine,
-            RayExecutor(),
-            # The holder name survives a restart: the lease is taken back at once.
-            SchedulerConfig(
-                jobs_root=settings.resolved_jobs_dir,
-                holder=scheduler_holder.claim(settings.ensure_home()),
-            ),
-        )
-        api.state.scheduler_wake = scheduler.wake
-        scheduler.start()
-    checkpointer = AuditCheckpointer(
-        engine, api.state.audit_key, settings.audit_checkpoint_interval_s
-    )
-    checkpointer.start()
-    console.print(
-        f"Nuri at http://{settings.host}:{settings.port}: portal at /portal, "
-        f"API docs at /docs (database {engine.dialect.name})"
-    )
+    own_ray = ray and not settings.ray_address
+    leaving: int | str | None = 0
     try:
-        # proxy_headers=False: X-Forwarded-For is believed only from NURI_TRUSTED_PROXIES,
-        # by the app (uvicorn's default would believe any local process).
-        uvicorn.run(
-            api,
-            host=settings.host,
-            port=settings.port,
-            log_level="info",
-            log_config=logs.uvicorn_config(settings.log_format),
-            proxy_headers=False,
-        )
-    finally:
-        checkpointer.stop()
-        if scheduler is not None:
-            scheduler.stop()
         if ray:
-            ray_runtime.stop()
+            from sqlmodel import Session, select
+
+            from controlplane.db.models import Node
+
+            with Session(engine) as s:
+                gpus = {p.name: pool_capacity(s, p.id)[1] for p in list_pools(s)}
+                node_names = list(s.exec(select(Node.name)).all())
+            with progress("joining Ray" if settings.ray_address else "starting Ray"):
+                try:
+                    info = ray_runtime.start(
+                        gpus, settings.ray_address, node_names, settings.ensure_home().resolve()
+                    )
+                except ray_runtime.RayUnavailable as exc:
+                    fail(f"ray: {exc}", code=1)
+            where = info.address or "local"
+            if info.daemon is not None:
+                where += f" ({info.how} daemon, pid {info.daemon.pid}; `nuri down` stops it)"
+            console.print(
+                f"ray: {where} with "
+                f"{int(info.resources.get('GPU', 0))} logical GPUs in {len(gpus)} pools",
+                soft_wrap=True,
+            )
+            if info.drift:
+                console.print(f"[yellow]ray: {info.drift}[/]", soft_wrap=True)
+            scheduler = SchedulerService(
+                engine,
+                RayExecutor(),
+                # The holder name survives a restart: the lease is taken back at once.
+                SchedulerConfig(
+                    jobs_root=settings.resolved_jobs_dir,
+                    holder=scheduler_holder.claim(settings.ensure_home()),
+                    engine=quotas.EngineConfig(
+                        grace_period=settings.preemption_grace_s,
+                        min_runtime=settings.min_runtime_s,
+                    ),
+                ),
+            )
+            api.state.scheduler_wake = scheduler.wake
+            scheduler.start()
+        # With a scheduler, its leader signs (one signer however many `nuri up` share a
+        # database); without one (--no-ray), this process does.
+        leader = scheduler
+        checkpointer = AuditCheckpointer(
+            engine,
+            api.state.audit_key,
+            settings.audit_checkpoint_interval_s,
+            leading=(lambda: leader.token is not None) if leader is not None else None,
+        )
+        checkpointer.start()
+        console.print(
+            f"Nuri at http://{settings.host}:{settings.port}: portal at /portal, "
+            f"API docs at /docs (database {engine.dialect.name})",
+            soft_wrap=True,
+        )
+        signal.signal(signal.SIGTERM, _leave)  # again: ray.init installs a handler of its own
+        try:
+            # proxy_headers=False: X-Forwarded-For is believed only from NURI_TRUSTED_PROXIES,
+            # by the app (uvicorn's default would believe any local process).
+            uvicorn.run(
+                api,
+                host=settings.host,
+                port=settings.port,
+                log_level="info",
+                log_config=logs.uvicorn_config(settings.log_format),
+                proxy_headers=False,
+                # Open streams (log follows, live pages) never hold a shutdown up for long.
+                timeout_graceful_shutdown=LEAVE_GRACE_S,
+            )
+        except SystemExit as exc:  # SIGTERM or SIGINT, raised again by uvicorn once stopped
+            leaving = exc.code
+        finally:
+            checkpointer.stop()
+            if scheduler is not None:
+                _bounded(scheduler.stop, LEAVE_GRACE_S)
+    finally:
+        if ray:
+            ray_runtime.stop()  # disconnects; the daemon and its jobs keep running
+        if own_ray and stop_ray:
+            _stop_ray_daemon(settings.ensure_home().resolve())
         tracing.shutdown()  # export what the scheduler and the API still hold
+    _exit_now(leaving)
+
+
+# How long each step of leaving `nuri up` may take (the API's open connections, then the
+# scheduler's cycle in flight); SIGTERM to exit stays well under 10 s.
+LEAVE_GRACE_S = 3
+
+
+def _leave(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exit_now(code: int | str | None) -> NoReturn:
+    """End the process without the interpreter's teardown, which takes seconds of CPU once
+    torch and Ray are loaded; what matters is in the database, and the logs are flushed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+def _bounded(stop: Callable[[], None], seconds: float) -> None:
+    """Run ``stop`` for at most ``seconds``. A scheduler cycle in flight may wait on Ray for
+    longer (its own join waits up to 30 s); its thread is a daemon, and the next leader
+    re-observes whatever that cycle did not finish."""
+    done = threading.Thread(target=stop, name="nuri-leave", daemon=True)
+    done.start()
+    done.join(seconds)
+
+
+def _stop_ray_daemon(home: Path) -> None:
+    from controlplane import ray_runtime
+
+    try:
+        stopped = ray_runtime.stop_daemon(home)
+    except ray_runtime.RayUnavailable as exc:
+        fail(f"ray: {exc}", code=1)
+    if stopped is None:
+        console.print("ray: no Nuri Ray daemon is running here; nothing to stop", soft_wrap=True)
+    else:
+        console.print(
+            f"ray: stopped Nuri's Ray daemon (pid {stopped.pid}, {stopped.address})",
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def down() -> None:
+    """Stop Nuri's Ray daemon (the one `nuri up` started under NURI_HOME) and its jobs."""
+    from controlplane.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        fail(f"bad settings: {exc}", code=2)
+    _stop_ray_daemon(settings.home.resolve())
 
 
 @app.command("api")

@@ -138,6 +138,10 @@ class Pool(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
     certification: str | None = Field(default=None, max_length=100)
+    # What a member with no quota row in this pool may hold here: 0 nothing, N borrow up to N
+    # GPUs of what others leave idle. NULL is unlimited borrowing, set only on purpose (the
+    # API's "unlimited"); pools that predate the column keep it, which was their behaviour.
+    default_borrowing_limit: int | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

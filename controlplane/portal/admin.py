@@ -6,6 +6,8 @@ change in the audit log, as they do for the REST API; auditors read the page wit
 The quota and budget forms never guess: ``?member=&pool=`` (``&period=`` for a budget) opens
 the form for that member, prefilled with its current values, and a blank limit is an error
 next to its field, never "unlimited". No limit (or no token cap) is a box ticked on purpose.
+So is what members without a quota row may do in a pool (``?defaults=POOL``): nothing, up to
+N GPUs, or unlimited, one of them chosen, the current one preselected.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from controlplane.api.deps import SessionDep
 from controlplane.db.models import Budget, Member, Pool, Quota, Role
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden, NuriError
-from controlplane.portal import sessions, views
+from controlplane.portal import i18n, sessions, views
 from controlplane.portal.routes import FormDep, Visit, VisitDep, done, field, page
 from controlplane.services import inventory, tenancy
 
@@ -46,10 +48,91 @@ def admin_page(
     member: str | None = None,
     pool: str | None = None,
     period: str | None = None,
+    defaults: str | None = None,
 ) -> HTMLResponse:
     quota = _current_quota(session, member, pool)
     budget = _current_budget(session, member, period)
-    return _page(request, session, visit, None, 200, None, quota=quota, budget=budget)
+    default = _current_default(session, defaults)
+    return _page(
+        request, session, visit, None, 200, None, quota=quota, budget=budget, default=default
+    )
+
+
+# The choices of the "members without a quota" form: (value, label).
+DEFAULT_CHOICES = (
+    ("none", "Nothing: they cannot run jobs in this pool"),
+    ("limited", "Borrow up to this many idle GPUs"),
+    ("unlimited", "Borrow idle GPUs without a limit"),
+)
+
+
+@router.post("/pools")
+def set_pool_default(
+    request: Request, session: SessionDep, visit: VisitDep, form: FormDep
+) -> Response:
+    """Set what members without a quota row may do in a pool: one choice, never a blank."""
+    sessions.check_csrf(visit.secret, field(form, "csrf"))
+    typed = _typed(form, ("pool", "choice", "gpus"))
+    inline: dict[str, str] = {}
+    value: int | str = ""
+    if typed["choice"] == "none":
+        value = 0
+    elif typed["choice"] == "unlimited":
+        value = schemas.UNLIMITED
+    elif typed["choice"] == "limited":
+        if not typed["gpus"]:
+            inline["gpus"] = "Enter the number of GPUs they may borrow (1 or more)."
+        value = views.number(typed["gpus"])
+    else:
+        inline["choice"] = "Choose what members without a quota may do here."
+    if inline:
+        visit.principal.require_platform_admin()
+        labels = {"gpus": "GPUs", "choice": "Members without a quota"}
+        problems = [f"{labels[name]}: {message}" for name, message in inline.items()]
+        return _page(
+            request, session, visit, problems, 422, "default", default=typed, inline=inline
+        )
+    try:
+        update = schemas.PoolUpdate.model_validate({"default_borrowing_limit": value})
+        inventory.update_pool(session, visit.principal, typed["pool"], update)
+    except (ValidationError, NuriError) as exc:
+        session.rollback()
+        return _page(
+            request,
+            session,
+            visit,
+            views.problems_of(exc),
+            views.status_of(exc),
+            "default",
+            default=typed,
+        )
+    chosen = urlencode({"defaults": typed["pool"]})
+    return done(f"/portal/admin?{chosen}#defaults", visit, "pool_saved")
+
+
+def _current_default(session: Session, pool: str | None) -> dict[str, Any]:
+    """The "members without a quota" form's values for a chosen pool: its current choice."""
+    if not pool:
+        return {}
+    row = session.exec(select(Pool).where(Pool.name == pool)).first()
+    if row is None:
+        return {}
+    limit = row.default_borrowing_limit
+    if limit is None:
+        return {"pool": pool, "choice": "unlimited", "gpus": ""}
+    if limit == 0:
+        return {"pool": pool, "choice": "none", "gpus": ""}
+    return {"pool": pool, "choice": "limited", "gpus": str(limit)}
+
+
+def default_words(limit: int | None, catalog: i18n.Catalog = i18n.CATALOGS["en"]) -> str:
+    """What members without a quota row may do in a pool, in a few words (in ``catalog``'s
+    language)."""
+    if limit is None:
+        return catalog.gettext("borrow without a limit")
+    if limit == 0:
+        return catalog.gettext("nothing")
+    return catalog.gettext("borrow up to %(n)s GPUs") % {"n": limit}
 
 
 @router.post("/members")
@@ -261,6 +344,7 @@ def _page(
     typed: dict[str, Any] | None = None,
     quota: dict[str, Any] | None = None,
     budget: dict[str, Any] | None = None,
+    default: dict[str, Any] | None = None,
     inline: dict[str, str] | None = None,
 ) -> HTMLResponse:
     caller = visit.principal
@@ -289,6 +373,12 @@ def _page(
         typed=typed or {},
         quota=quota or {},
         budget=budget or {},
+        default=default or {},
+        default_choices=DEFAULT_CHOICES,
+        default_words={
+            p.name: default_words(p.default_borrowing_limit, i18n.catalog_for(request))
+            for p in pool_rows
+        },
         inline=inline or {},
         members=sorted(members, key=lambda m: m.name),
         pools=pools,

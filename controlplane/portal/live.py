@@ -25,16 +25,16 @@ from controlplane.api import schemas
 from controlplane.api.deps import SessionDep
 from controlplane.db.models import Artifact, Dataset, Job, JobEvent, JobLog, JobMetric, UsageRecord
 from controlplane.db.types import utcnow
-from controlplane.portal import views
+from controlplane.portal import charts, i18n, views
 from controlplane.portal.routes import (
     PAGE_HEADERS,
     Visit,
     VisitDep,
     curve_samples,
-    job_list_context,
     member_names,
     page,
 )
+from controlplane.portal.usage_page import left_this_period
 from controlplane.services import jobs
 from controlplane.usage import running_gpu_seconds
 from workers.knobs import KnobError, knobs_for
@@ -149,9 +149,12 @@ def inputs_of(session: Session, job: Job) -> list[Input]:
     return [found.get(ref, Input(ref, ref, "", None)) for ref in refs]
 
 
-def live_context(session: Session, visit: Visit, job_id: str) -> tuple[Job, dict[str, Any]]:
+def live_context(
+    session: Session, visit: Visit, job_id: str, say: charts.Say
+) -> tuple[Job, dict[str, Any]]:
     """The job, and what changes while it runs (the fragment), read as the visitor: another
-    member's job raises the same ``NotFound`` as a missing one."""
+    member's job raises the same ``NotFound`` as a missing one. ``say``: the viewer's gettext,
+    for the loss curve's own words."""
     row = jobs.get_job(session, visit.principal, job_id)
     job = schemas.JobPublic.model_validate(row)
     return row, {
@@ -163,7 +166,7 @@ def live_context(session: Session, visit: Visit, job_id: str) -> tuple[Job, dict
         "run": run_time(session, row, utcnow()),
         "events": jobs.events(session, visit.principal, job.id),
         "logs": jobs.logs(session, visit.principal, job.id, None, LOG_TAIL),
-        "chart": views.loss_chart(curve_samples(session, job.id)),
+        "chart": charts.loss_curve(curve_samples(session, job.id), say=say),
         "outputs": session.exec(
             select(Artifact).where(Artifact.job_id == job.id).order_by(col(Artifact.created_at))
         ).all(),
@@ -172,12 +175,15 @@ def live_context(session: Session, visit: Visit, job_id: str) -> tuple[Job, dict
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, session: SessionDep, visit: VisitDep, job_id: str) -> HTMLResponse:
-    row, context = live_context(session, visit, job_id)
+    row, context = live_context(session, visit, job_id, i18n.catalog_for(request).gettext)
     return page(
         request,
         "job.html",
         member=member_names(session, {row.member_id}).get(row.member_id, row.member_id),
         inputs=inputs_of(session, row),
+        budget_left=left_this_period(session, visit.principal, {row.member_id}, utcnow()).get(
+            row.member_id
+        ),
         **context,
     )
 
@@ -188,20 +194,8 @@ def job_fragment(
 ) -> HTMLResponse:
     """The job page's changing parts: the status block (the element that polls) and, swapped
     out of band, the activity (curve, events, outputs, log tail)."""
-    _, context = live_context(session, visit, job_id)
+    _, context = live_context(session, visit, job_id, i18n.catalog_for(request).gettext)
     return page(request, "_job_fragment.html", **context)
-
-
-@router.get("/live/jobs")
-def job_list_fragment(
-    request: Request,
-    session: SessionDep,
-    visit: VisitDep,
-    show: str = "active",
-    cursor: str | None = None,
-) -> HTMLResponse:
-    """The jobs list's table (same filters and page as the full list)."""
-    return page(request, "_jobs_table.html", **job_list_context(session, visit, show, cursor))
 
 
 @router.get("/jobs/{job_id}/log")

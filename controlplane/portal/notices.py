@@ -44,6 +44,7 @@ MESSAGES = {
     "member_added": "The member was added.",
     "quota_saved": "The quota was saved.",
     "budget_saved": "The budget was saved.",
+    "pool_saved": "The setting for members without a quota in the pool was saved.",
 }
 
 

@@ -20,7 +20,7 @@ from controlplane.auth import default_scopes
 from controlplane.db.models import ApiToken, Role, User
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden, InvalidRequest, NuriError
-from controlplane.portal import notices, sessions, views
+from controlplane.portal import i18n, notices, sessions, views
 from controlplane.portal.routes import (
     FormDep,
     Visit,
@@ -83,16 +83,23 @@ def token_revoke(
     if not notices.confirmed(visit.secret, "revoke", token_id, field(form, "confirm")):
         token = tenancy.get_token(session, visit.principal, token_id)  # out of reach: a 404
         owner = session.get(User, token.user_id)
+        said = i18n.catalog_for(request).gettext
         return confirmation(
             request,
             visit,
             "revoke",
             token_id,
-            question=f"Revoke token {token.name} ({token.display_prefix}…) of "
-            f"{owner.email if owner else token.user_id}?",
-            consequence="Every pipeline, CLI and portal session using it stops working at "
-            "once. A revoked token cannot be restored; make a new one instead.",
-            button="Yes, revoke the token",
+            question=said("Revoke token %(name)s (%(prefix)s…) of %(owner)s?")
+            % {
+                "name": token.name,
+                "prefix": token.display_prefix,
+                "owner": owner.email if owner else token.user_id,
+            },
+            consequence=said(
+                "Every pipeline, CLI and portal session using it stops working at once. "
+                "A revoked token cannot be restored; make a new one instead."
+            ),
+            button=said("Yes, revoke the token"),
             back="/portal/tokens",
         )
     tenancy.revoke_token(session, visit.principal, token_id, utcnow())
@@ -173,15 +180,19 @@ def user_enable(
     disable = action == "disable"
     if disable and not notices.confirmed(visit.secret, "disable", user_id, field(form, "confirm")):
         user = tenancy.get_user(session, visit.principal, user_id)  # out of reach: a 404
+        said = i18n.catalog_for(request).gettext
         return confirmation(
             request,
             visit,
             "disable",
             user_id,
-            question=f"Disable user {user.email} ({user.name})?",
-            consequence="Their portal sessions end for good and their API tokens stop working "
-            "until they are enabled again.",
-            button="Yes, disable the user",
+            question=said("Disable user %(email)s (%(name)s)?")
+            % {"email": user.email, "name": user.name},
+            consequence=said(
+                "Their portal sessions end for good and their API tokens stop working "
+                "until they are enabled again."
+            ),
+            button=said("Yes, disable the user"),
             back="/portal/users",
         )
     tenancy.update_user(session, visit.principal, user_id, schemas.UserUpdate(disabled=disable))

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
 from controlplane import usage as usage_periods
@@ -24,7 +25,6 @@ from controlplane.api.deps import SessionDep, SettingsDep
 from controlplane.api.routers.inventory import csv_download
 from controlplane.auth import Origin, Principal, trace_id_from
 from controlplane.db.models import (
-    Job,
     JobMetric,
     Member,
     Pool,
@@ -35,7 +35,16 @@ from controlplane.db.models import (
 from controlplane.db.types import utcnow
 from controlplane.errors import IdempotencyConflict, NuriError, Unauthenticated
 from controlplane.observability import tracing
-from controlplane.portal import notices, sessions, views
+from controlplane.portal import (
+    audit_names,
+    i18n,
+    notices,
+    sessions,
+    timeseries,
+    usage_page,
+    views,
+)
+from controlplane.portal.timeseries import WindowName
 from controlplane.services import (
     artifact_content,
     artifacts,
@@ -48,7 +57,6 @@ from controlplane.services import (
 from controlplane.settings import Settings
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
-PAGE_SIZE = 50
 
 
 class SignInRequired(Unauthenticated):
@@ -158,6 +166,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     )
     if shows_message and notices.FLASH_COOKIE in request.cookies:
         notices.clear_flash(response)
+    i18n.remember(request, response)
     return response
 
 
@@ -323,36 +332,7 @@ def logout(request: Request, session: SessionDep, settings: SettingsDep, form: F
 # -- jobs ------------------------------------------------------------------------------------
 
 
-@router.get("/jobs")
-def job_list(
-    request: Request,
-    session: SessionDep,
-    visit: VisitDep,
-    show: str = "active",
-    cursor: str | None = None,
-) -> HTMLResponse:
-    return page(request, "jobs.html", **job_list_context(session, visit, show, cursor))
-
-
-def job_list_context(
-    session: Session, visit: Visit, show: str, cursor: str | None
-) -> dict[str, Any]:
-    """The jobs list's page of rows (also its live fragment's, ``live.job_list_fragment``)."""
-    statuses = {"active": list(views.ACTIVE), "finished": list(views.FINISHED)}.get(show)
-    if statuses is None:
-        show = "all"
-    rows, nxt = jobs.list_jobs(session, visit.principal, PAGE_SIZE, cursor, statuses)
-    listed = [schemas.JobPublic.model_validate(r) for r in rows]
-    return {
-        "visit": visit,
-        "jobs": listed,
-        "members": member_names(session, {r.member_id for r in rows}),
-        "show": show,
-        "cursor": cursor,
-        "next_cursor": nxt,
-        # Keep asking while something on this page can still change, or new jobs may appear.
-        "live": show == "active" or any(not views.terminal(j.status) for j in listed),
-    }
+# The jobs list, its live fragment, bulk cancel and Clone: ``controlplane.portal.jobs_list``.
 
 
 @router.get("/jobs/new")
@@ -424,6 +404,7 @@ def _submit_page(
     status: int,
     nonce: str | None = None,
     refused: list[views.PoolVerdict] | None = None,
+    **extra: Any,
 ) -> HTMLResponse:
     member_datasets: Sequence[Any] = []
     if visit.principal.member_id:
@@ -441,6 +422,7 @@ def _submit_page(
         classes=session.exec(select(PriorityClass).order_by(col(PriorityClass.value))).all(),
         datasets=member_datasets,
         idempotency_key=nonce or notices.new_nonce(),
+        **extra,
     )
 
 
@@ -485,14 +467,15 @@ def cancel(
         job = jobs.get_job(session, visit.principal, job_id)  # another member's: a 404
         if views.terminal(job.status):  # nothing to ask: the service's 409 says why
             jobs.cancel(session, visit.principal, job_id, reason, utcnow())
+        said = i18n.catalog_for(request).gettext
         return confirmation(
             request,
             visit,
             "cancel",
             job_id,
-            question=f"Cancel job {job.id} ({job.name})?",
-            consequence="It will checkpoint and stop. A cancelled job cannot be resumed.",
-            button="Yes, cancel the job",
+            question=said("Cancel job %(id)s (%(name)s)?") % {"id": job.id, "name": job.name},
+            consequence=said("It will checkpoint and stop. A cancelled job cannot be resumed."),
+            button=said("Yes, cancel the job"),
             back=here,
             carry={"reason": reason},
         )
@@ -504,27 +487,14 @@ def cancel(
 
 
 @router.get("/usage")
-def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLResponse:
+def usage(
+    request: Request, session: SessionDep, visit: VisitDep, window: WindowName = "day"
+) -> HTMLResponse:
     caller = visit.principal
-    quotas, _ = inventory.list_quotas(session, caller, 1000, None, None, None)
     budgets, _ = inventory.list_budgets(session, caller, 1000, None, None)
-    pools = {p.id: p.name for p in session.exec(select(Pool)).all()}
-    in_use: dict[tuple[str, str], int] = {}
-    held = (
-        select(Job.member_id, Job.pool, func.sum(Job.gpus))
-        .where(col(Job.status).in_(["ADMITTED", "RUNNING", "PREEMPTING"]))
-        .group_by(col(Job.member_id), col(Job.pool))
-    )
-    if not caller.reads_all_members:
-        held = held.where(Job.member_id == (caller.member_id or ""))
-    for member_id, pool, gpus in session.exec(held).all():
-        if pool is not None:
-            in_use[(member_id, pool)] = int(gpus or 0)
-    member_ids = {q.member_id for q in quotas} | {b.member_id for b in budgets}
-    rows = []
-    for q in sorted(quotas, key=lambda q: (q.member_id, pools.get(q.pool_id, ""))):
-        name = pools.get(q.pool_id, q.pool_id)
-        rows.append((q, name, in_use.get((q.member_id, name), 0)))
+    rows = usage_page.quota_lines(session, caller)
+    member_ids = {q.member_id for q in rows} | {b.member_id for b in budgets}
+    left = usage_page.left_this_period(session, caller, {b.member_id for b in budgets}, utcnow())
     period = usage_periods.period_of(utcnow())
     # Tokens the member's endpoints served this period, beside the GPU-hours.
     tokens = reports.usage_report(session, caller, period, utcnow()).token_lines
@@ -537,10 +507,12 @@ def usage(request: Request, session: SessionDep, visit: VisitDep) -> HTMLRespons
         tokens=tokens,
         members=member_names(session, member_ids),
         quotas=rows,
+        left=left,
         budgets=[
             inventory.budget_public(session, b)
             for b in sorted(budgets, key=lambda b: (b.member_id, b.period))
         ],
+        **timeseries.usage_charts(session, caller, window, budgets, utcnow()),
     )
 
 
@@ -598,7 +570,10 @@ def audit(
     after: Annotated[int, Query(ge=0, le=schemas.DB_INT_MAX)] = 0,
 ) -> HTMLResponse:
     events, nxt = auditing.list_events(session, visit.principal, None, after, 100, utcnow())
-    return page(request, "audit.html", visit=visit, events=events, next_after=nxt, report=None)
+    names = audit_names.names_for(session, visit.principal, events)
+    return page(
+        request, "audit.html", visit=visit, events=events, next_after=nxt, report=None, names=names
+    )
 
 
 @router.post("/audit/verify")
@@ -608,7 +583,9 @@ def audit_verify(
     sessions.check_csrf(visit.secret, field(form, "csrf"))
     key = request.app.state.audit_key
     report = auditing.verify(session, visit.principal, key, None, utcnow())
-    return page(request, "audit.html", visit=visit, events=[], next_after=None, report=report)
+    return page(
+        request, "audit.html", visit=visit, events=[], next_after=None, report=report, names={}
+    )
 
 
 def member_names(session: Session, ids: set[str]) -> dict[str, str]:
@@ -616,6 +593,19 @@ def member_names(session: Session, ids: set[str]) -> dict[str, str]:
         return {}
     rows = session.exec(select(Member.id, Member.name).where(col(Member.id).in_(ids))).all()
     return dict(rows)
+
+
+def visit_of(request: Request) -> Visit | None:
+    """The signed-in visit of a request whose page never ran (an unmatched ``/portal/...``
+    route), from its cookie; None without a live session. It never raises: it only decides
+    whether an error page shows the navigation."""
+    if not request.cookies.get(sessions.COOKIE):
+        return None
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        try:
+            return get_visit(request, session, request.app.state.settings)
+        except (NuriError, SQLAlchemyError):
+            return None
 
 
 def error_page(
@@ -634,6 +624,8 @@ def error_page(
         return see_other(f"/portal/login?next={quote(local_next(here), safe='')}")
     facts = views.error_facts(code, message, details)
     visit = getattr(request.state, "portal_visit", None)
+    if visit is None and status == 404:
+        visit = visit_of(request)  # an unmatched route: no page dependency read the cookie
     return page(
         request,
         "error.html",

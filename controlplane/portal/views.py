@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from controlplane.db.models import JobKind
 from controlplane.errors import NuriError
 from controlplane.jobstate import TERMINAL, JobStatus
 from controlplane.numerals import ascii_int, finite_float
+from controlplane.portal import i18n
 
 # web/ sits beside the packages (the fixed top level): templates and static assets.
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -64,47 +65,9 @@ templates.env.filters["when"] = when
 templates.env.filters["duration"] = duration
 templates.env.filters["day"] = day
 templates.env.tests["terminal"] = terminal
-
-
-@dataclass(frozen=True, slots=True)
-class Chart:
-    """A metric's curve as an SVG polyline (the portal ships no JavaScript)."""
-
-    metric: str
-    points: str
-    first: float
-    last: float
-    low: float
-    high: float
-    steps: int
-    width: int = 640
-    height: int = 160
-
-
-def loss_chart(
-    samples: Sequence[tuple[int, Mapping[str, Any]]], metric: str = "loss"
-) -> Chart | None:
-    """``samples`` are (step, values) in step order; None when the metric was never reported."""
-    series = [
-        (step, float(values[metric]))
-        for step, values in samples
-        if isinstance(values.get(metric), int | float)
-    ]
-    if not series:
-        return None
-    chart = Chart(metric, "", series[0][1], series[-1][1], 0.0, 0.0, len(series))
-    low = min(v for _, v in series)
-    high = max(v for _, v in series)
-    first_step, last_step = series[0][0], series[-1][0]
-    span_x = max(1, last_step - first_step)
-    span_y = (high - low) or 1.0
-    pad = 8
-    w, h = chart.width - 2 * pad, chart.height - 2 * pad
-    points = " ".join(
-        f"{pad + (step - first_step) / span_x * w:.1f},{pad + (high - v) / span_y * h:.1f}"
-        for step, v in series
-    )
-    return Chart(metric, points, series[0][1], series[-1][1], low, high, len(series))
+# The viewer's language and time zone: gettext in templates and the ``localtime`` filter.
+i18n.install(templates.env)
+templates.context_processors.append(i18n.context_of)
 
 
 @dataclass(slots=True)

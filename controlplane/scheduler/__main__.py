@@ -46,8 +46,8 @@ def main() -> None:
     )
     p.add_argument("--lease-ttl", type=float, default=15.0)
     p.add_argument("--interval", type=float, default=2.0)
-    p.add_argument("--grace-period", type=float, default=120.0)
-    p.add_argument("--min-runtime", type=float, default=600.0)
+    p.add_argument("--grace-period", type=float, default=settings.preemption_grace_s)
+    p.add_argument("--min-runtime", type=float, default=settings.min_runtime_s)
     p.add_argument(
         "--metrics-port",
         type=int,

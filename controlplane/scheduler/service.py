@@ -60,6 +60,12 @@ log = logging.getLogger("nuri.scheduler")
 S = JobStatus
 
 
+def _reported_end(sup: dict[str, Any], now: datetime) -> datetime | None:
+    """When the supervisor's ranks last reported (never later than now), if they did."""
+    at = sup.get("last_event_at")
+    return min(datetime.fromtimestamp(float(at), UTC), now) if at else None
+
+
 def _log_decisions(report: CycleReport) -> None:
     """The cycle's decisions at INFO, one line per kind (admitted, preempted, requeued,
     finished), so a standalone scheduler's log says what it did."""
@@ -325,17 +331,20 @@ class SchedulerService(JobTransitions):
                     details=decision.to_dict(),
                 )
                 return
+        # An attempt that ended is billed to its ranks' last report, not to the moment this
+        # cycle heard of it (which, after a control-plane restart, may be much later).
+        reported_end = _reported_end(sup, now)
         if sup["state"] == "succeeded":
-            self._finish(job, S.SUCCEEDED, "all ranks finished", report)
+            self._finish(job, S.SUCCEEDED, "all ranks finished", report, ended_at=reported_end)
         elif sup["state"] == "failed":
             errs = "; ".join(sup["errors"]) or "a rank failed"
             if any("lost" in e for e in sup["errors"]):
-                self._infrastructure_failure(job, errs, report)
+                self._infrastructure_failure(job, errs, report, ended_at=reported_end)
             else:
-                self._finish(job, S.FAILED, errs, report)
-        elif sup["state"] == "preempted" or (
-            status is S.PREEMPTING and job.preempt_deadline and now >= job.preempt_deadline
-        ):
+                self._finish(job, S.FAILED, errs, report, ended_at=reported_end)
+        elif sup["state"] == "preempted":
+            self._requeue_after_preemption(job, report, ended_at=reported_end)
+        elif status is S.PREEMPTING and job.preempt_deadline and now >= job.preempt_deadline:
             self._requeue_after_preemption(job, report)
         elif (
             job.started_at

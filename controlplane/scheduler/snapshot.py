@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Row, func, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 import quotas
 from controlplane import residency
@@ -25,6 +26,8 @@ from controlplane.db.models import (
 )
 from controlplane.jobstate import JobStatus
 from controlplane.k8s.core import PoolFacts, location_contradicts
+from controlplane.usage import running_gpu_seconds
+from quotas.budgets import BudgetLeft, budget_left
 
 COHORT = "consortium"
 # Usage older than this many fair-share half-lives is not read (weight < 2^-20).
@@ -80,6 +83,82 @@ def class_of(job: Job, classes: dict[str, PriorityClass]) -> str:
     return job.priority_class
 
 
+def running_workload(job: Job, priority_class: str) -> quotas.RunningWorkload:
+    """The engine's view of a job that holds GPUs."""
+    started = job.started_at or job.admitted_at or job.created_at
+    return quotas.RunningWorkload(
+        job_id=job.id,
+        member=job.member_id,
+        pool=job.pool or "",
+        priority_class=priority_class,
+        assignments=tuple((str(n), int(g)) for n, g in job.assignment),
+        started_at=started.timestamp(),
+        max_runtime=float(job.max_runtime_s),
+        last_checkpoint_at=(job.last_checkpoint_at.timestamp() if job.last_checkpoint_at else None),
+        times_preempted=job.times_preempted,
+        preempting_until=(job.preempt_deadline.timestamp() if job.preempt_deadline else None),
+    )
+
+
+def current_budgets(now: datetime) -> SelectOfScalar[Budget]:
+    """Budgets whose period is under way, in a fixed order: where a member has two (a quarter
+    and a month), the last one is the one the engine and the pages both use."""
+    return (
+        select(Budget)
+        .where(col(Budget.starts_at) <= now, col(Budget.ends_at) > now)
+        .order_by(col(Budget.starts_at), col(Budget.id))
+    )
+
+
+def budgets_left(
+    session: Session, member_ids: Iterable[str] | None, now: datetime
+) -> dict[str, tuple[Budget, BudgetLeft]]:
+    """Each member's budget of the period under way and what is left of it, computed as the
+    admission engine does (``quotas.budgets.budget_left``: used so far, and reserved by
+    running jobs up to their max runtime): the usage page and the job page show these
+    numbers, and a job waiting with ``budget_exhausted`` was refused on the same ones.
+    ``member_ids`` None: every member's."""
+    query = current_budgets(now)
+    if member_ids is not None:
+        query = query.where(col(Budget.member_id).in_(list(member_ids)))
+    budgets = {b.member_id: b for b in session.exec(query).all()}
+    if not budgets:
+        return {}
+    members = list(budgets)
+    records = session.exec(
+        select(UsageRecord).where(
+            col(UsageRecord.member_id).in_(members),
+            col(UsageRecord.started_at) >= min(b.starts_at for b in budgets.values()),
+        )
+    ).all()
+    seconds: dict[str, float] = defaultdict(float)
+    for rec in records:
+        b = budgets[rec.member_id]
+        if b.starts_at <= rec.started_at < b.ends_at:
+            seconds[rec.member_id] += running_gpu_seconds(rec, now)
+    running: dict[str, list[quotas.RunningWorkload]] = defaultdict(list)
+    holding = select(Job).where(col(Job.status).in_(HOLDING), col(Job.member_id).in_(members))
+    for job in session.exec(holding).all():
+        if job.pool and job.assignment:
+            running[job.member_id].append(running_workload(job, job.priority_class))
+    return {
+        member_id: (
+            b,
+            budget_left(
+                quotas.Budget(
+                    period_start=b.starts_at.timestamp(),
+                    period_end=b.ends_at.timestamp(),
+                    limit_gpu_hours=b.gpu_hours,
+                    used_gpu_hours=seconds[member_id] / 3600.0,
+                ),
+                running[member_id],
+                now.timestamp(),
+            ),
+        )
+        for member_id, b in budgets.items()
+    }
+
+
 def build(
     session: Session, alive_nodes: set[str], now: datetime, config: quotas.EngineConfig
 ) -> quotas.Snapshot:
@@ -97,25 +176,7 @@ def build(
         for node_name, gpus in job.assignment:
             used[str(node_name)] += int(gpus)
         if job.status in HOLDING and job.pool:
-            started = job.started_at or job.admitted_at or job.created_at
-            running.append(
-                quotas.RunningWorkload(
-                    job_id=job.id,
-                    member=job.member_id,
-                    pool=job.pool,
-                    priority_class=class_of(job, classes),
-                    assignments=tuple((str(n), int(g)) for n, g in job.assignment),
-                    started_at=started.timestamp(),
-                    max_runtime=float(job.max_runtime_s),
-                    last_checkpoint_at=(
-                        job.last_checkpoint_at.timestamp() if job.last_checkpoint_at else None
-                    ),
-                    times_preempted=job.times_preempted,
-                    preempting_until=(
-                        job.preempt_deadline.timestamp() if job.preempt_deadline else None
-                    ),
-                )
-            )
+            running.append(running_workload(job, class_of(job, classes)))
 
     snap_nodes = []
     for n in nodes:
@@ -157,12 +218,7 @@ def build(
                 lending_limit=q.lending_limit,
             )
 
-    budgets = {
-        b.member_id: b
-        for b in session.exec(
-            select(Budget).where(col(Budget.starts_at) <= now, col(Budget.ends_at) > now)
-        ).all()
-    }
+    budgets = {b.member_id: b for b in session.exec(current_budgets(now)).all()}
     usage: dict[str, float] = defaultdict(float)
     decayed: dict[str, float] = defaultdict(float)
     half_life = config.fair_share_half_life
@@ -197,6 +253,7 @@ def build(
         snap_members.append(
             quotas.Member(
                 name=m.id,
+                label=m.name,
                 cohort=COHORT,
                 quotas=dict(quotas_by_member[m.id]),
                 budget=budget,
@@ -233,6 +290,7 @@ def build(
                 gpus_per_node=p.gpus_per_node,
                 gpu_memory_gb=float(p.gpu_memory_gib),
                 region=p.region,
+                default_borrowing_limit=p.default_borrowing_limit,
             )
             for p in pools.values()
         ),

@@ -208,6 +208,7 @@ class JobSupervisor:
         self._stopping = False
         self._status_lock = threading.Lock()
         self._buffer: list[dict[str, Any]] = []
+        self._last_at = 0.0  # when a rank last reported anything (billing of an unseen end)
         self._replica: Any = None  # kind serve: the Serve application's watch
         self._replica_now: Any = None  # its last state (``_watch_replica``)
         self._replica_seen = ""
@@ -231,6 +232,7 @@ class JobSupervisor:
     def _record(self, event: dict[str, Any]) -> None:
         with self._status_lock:
             self._buffer.append({"at": time.time(), "rank": 0, **event})
+            self._last_at = max(self._last_at, float(self._buffer[-1]["at"]))
 
     def _start(self) -> None:
         try:
@@ -432,6 +434,9 @@ class JobSupervisor:
             "events": self._buffer[after_event:],
             "total_events": len(self._buffer),
             "preempt_deadline": self.preempt_deadline,
+            # The attempt's work ended by then when it is over (the control plane may hear of
+            # it much later: after its own restart): it is billed to this moment.
+            "last_event_at": self._last_at or None,
         }
 
     def _poll_ranks(self, timeout_s: float) -> tuple[list[str], list[str]]:
@@ -450,6 +455,7 @@ class JobSupervisor:
             fresh = out["events"][max(0, self._seen[i] - out["start"]) :]
             self._seen[i] += len(fresh)
             self._buffer.extend(fresh)
+            self._last_at = max([self._last_at, *(float(e.get("at", 0.0)) for e in fresh)])
             states[i] = out["state"]
             if out["error"]:
                 errors.append(f"rank {i}: {out['error']}")

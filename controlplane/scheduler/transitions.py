@@ -194,9 +194,16 @@ class JobTransitions:
             ended_at=job.heartbeat_at,
         )
 
-    def _requeue_after_preemption(self, job: Job, report: CycleReport) -> None:
+    def _requeue_after_preemption(
+        self, job: Job, report: CycleReport, ended_at: datetime | None = None
+    ) -> None:
         self._requeue(
-            job, "preempted; will resume from its checkpoint", "preempted", report, preempted=True
+            job,
+            "preempted; will resume from its checkpoint",
+            "preempted",
+            report,
+            preempted=True,
+            ended_at=ended_at,
         )
 
     def _requeue(

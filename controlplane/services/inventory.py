@@ -90,8 +90,11 @@ def create_pool(session: Session, caller: Principal, body: schemas.PoolCreate) -
         )
     domains = list(dict.fromkeys(body.interconnect_domains)) or [f"{body.name}-d0"]
     row = Pool(
-        **body.model_dump(exclude={"node_count", "interconnect_domains"}),
+        **body.model_dump(
+            exclude={"node_count", "interconnect_domains", "default_borrowing_limit"}
+        ),
         interconnect_domains=domains,
+        default_borrowing_limit=schemas.borrowing_limit_of(body.default_borrowing_limit),
     )
     row.max_classification = body.max_classification.value
     session.add(row)
@@ -129,8 +132,15 @@ def update_pool(session: Session, caller: Principal, ref: str, body: schemas.Poo
     caller.require_platform_admin()
     row = lookup.pool(session, ref)
     for key, value in body.model_dump(exclude_unset=True).items():
+        if value is None and key == "default_borrowing_limit":
+            raise InvalidRequest(
+                'default_borrowing_limit cannot be null: give 0, a number of GPUs or "unlimited"',
+                details={"field": key, "expected": '0, a number of GPUs or "unlimited"'},
+            )
         if value is None and key != "certification":
             raise InvalidRequest(f"{key} cannot be null", details={"field": key})
+        if key == "default_borrowing_limit":
+            value = schemas.borrowing_limit_of(value)
         setattr(row, key, value.value if hasattr(value, "value") else value)
     session.add(row)
     audit_log.record(

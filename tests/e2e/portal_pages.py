@@ -72,9 +72,15 @@ class World:
                 *common,
                 ("users", "/portal/users"),
                 ("cluster", "/portal/admin"),
+                ("overview", "/portal/overview"),
                 ("audit", "/portal/audit"),
             ],
-            "auditor": [*common, ("cluster", "/portal/admin"), ("audit", "/portal/audit")],
+            "auditor": [
+                *common,
+                ("cluster", "/portal/admin"),
+                ("overview", "/portal/overview"),
+                ("audit", "/portal/audit"),
+            ],
         }
         return by_role[role]
 

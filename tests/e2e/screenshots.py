@@ -17,7 +17,16 @@ from tests.e2e.portal_pages import launch, portal_world, signed_in, visit
 WIDTHS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 MAIN_PAGES = {
     "member_user": ("jobs", "job", "submit", "usage", "datasets", "endpoint", "not-found"),
-    "platform_admin": ("jobs", "artifacts", "tokens", "users", "cluster", "audit", "endpoints"),
+    "platform_admin": (
+        "jobs",
+        "artifacts",
+        "tokens",
+        "users",
+        "cluster",
+        "overview",
+        "audit",
+        "endpoints",
+    ),
 }
 
 

@@ -37,10 +37,13 @@ def free_port() -> int:
 
 @contextmanager
 def nuri_server(
-    args: list[str], port: int, env: dict[str, str], cwd: Path, log: Path
+    args: list[str], port: int, env: dict[str, str], cwd: Path, log: Path, down: bool = True
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``nuri <args>`` in its own process group, wait until /healthz answers (failing
-    the test with the log if it exits first), and stop the whole group afterwards."""
+    the test with the log if it exits first), and stop the whole group afterwards.
+
+    ``nuri up`` leaves its Ray daemon running (in a session of its own): with ``down`` the
+    daemon of that NURI_HOME is stopped too (``nuri down``), so no test leaks one."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(BIN / "nuri"), *args],
@@ -66,7 +69,7 @@ def nuri_server(
             pytest.fail(f"nuri {args[0]} not healthy in {START_TIMEOUT_S:.0f}s:\n{log.read_text()}")
         yield proc
     finally:
-        # The whole group, Ray's processes included; it may be gone already (exited early).
+        # The whole group; it may be gone already (exited early).
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -75,3 +78,19 @@ def nuri_server(
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        if down and args[0] == "up":
+            nuri_down(env, cwd)
+
+
+def nuri_down(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``nuri down`` (stops the Ray daemon ``nuri up`` left under env's NURI_HOME)."""
+    done = subprocess.run(
+        [str(BIN / "nuri"), "down"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done

@@ -1,5 +1,8 @@
 """`nuri up` on a machine where someone else's Ray already runs: Nuri starts a Ray of its own.
 
+Its own is a daemon of its own (recorded under NURI_HOME); `--stop-ray` stops it, and only it,
+when `nuri up` exits.
+
 Without ``NURI_RAY_ADDRESS``, ray.init with no address would join the Ray that RAY_ADDRESS or
 the machine's last `ray start` names (another user's, another test run's) and die there
 ("num_cpus and num_gpus must not be provided"). The stranger here is both: a `ray start`
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controlplane import ray_runtime
 from tests.e2e.server import BIN, free_port, nuri_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -137,16 +141,23 @@ def test_up_starts_its_own_ray_and_leaves_the_strangers_alone(tmp_path: Path) ->
         for var in ("NURI_DATABASE_URL", "NURI_RAY_ADDRESS", "NURI_TOKEN"):
             env.pop(var, None)
         up_log = tmp_path / "up.log"
-        with nuri_server(["up", "--port", str(port)], port, env, tmp_path, up_log) as nuri:
+        args = ["up", "--port", str(port), "--stop-ray"]
+        with nuri_server(args, port, env, tmp_path, up_log, down=False) as nuri:
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
-            started = re.search(r"^ray: (\S+) with", up_log.read_text(), flags=re.M)
+            started = re.search(r"^ray: (\S+) \(started daemon", up_log.read_text(), flags=re.M)
             assert started is not None, up_log.read_text()
             assert started.group(1) not in ("local", address), "Nuri runs a Ray of its own"
+            daemon = ray_runtime.read_record(Path(env["NURI_HOME"]))
+            assert daemon is not None and daemon.address == started.group(1)
+            assert ray_runtime.daemon_alive(daemon)
             during = probe(address)
             assert during == before, "the stranger's Ray is as it was"
             assert nuri.poll() is None
         assert "must not be provided" not in up_log.read_text()
 
-        # Nuri stopped its own Ray only: the stranger's still runs, unchanged.
+        # --stop-ray: Nuri stopped its own Ray daemon when it left, and only that one: the
+        # stranger's still runs, unchanged.
+        assert not ray_runtime.daemon_alive(daemon)
+        assert ray_runtime.read_record(Path(env["NURI_HOME"])) is None
         assert stranger.poll() is None
         assert probe(address) == before

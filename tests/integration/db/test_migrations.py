@@ -45,7 +45,7 @@ def test_upgrade_head_matches_the_models(empty_engine: Engine) -> None:
     assert _diff(engine) == []
     with engine.connect() as conn:
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert head == "0011"
+    assert head == "0012"
 
 
 def test_migrate_is_idempotent_and_reversible(empty_engine: Engine) -> None:
@@ -93,7 +93,7 @@ def test_replicas_starting_together_migrate_once(pg_empty_database: str) -> None
         assert _diff(engines[0]) == []
         with engines[0].connect() as conn:
             versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert [v for (v,) in versions] == ["0011"]
+        assert [v for (v,) in versions] == ["0012"]
     finally:
         for e in engines:
             e.dispose()

@@ -265,6 +265,7 @@ def test_every_change_says_so_once(world: World) -> None:
         (admin, "/portal/admin/members", {"name": "delta", "display_name": "D"}, "member_added"),
         (admin, "/portal/admin/quotas", quota, "quota_saved"),
         (admin, "/portal/admin/budgets", budget, "budget_saved"),
+        (admin, "/portal/admin/pools", {"pool": POOL, "choice": "unlimited"}, "pool_saved"),
         (user, "/portal/jobs/new", submit, "job_submitted"),
         (user, "/portal/jobs/new", submit, "job_resent"),
         (user, f"/portal/jobs/{world.a.job['id']}/cancel", {}, "job_cancelled"),

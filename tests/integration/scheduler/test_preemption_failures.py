@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sqlmodel import Session, col, select
 from controlplane.db.models import Job, JobEvent, JobLog, UsageRecord
 from controlplane.db.types import utcnow
 from controlplane.jobstate import JobStatus, transition
-from controlplane.scheduler.executor import supervisor_name
+from controlplane.scheduler.executor import placement_group_name, supervisor_name
 from tests.integration.scheduler.conftest import (
     NODES,
     WAIT_S,
@@ -168,6 +169,20 @@ def _events(env: Env, job_id: str) -> list[JobEvent]:
         )
 
 
+def _rank_pids() -> set[int]:
+    """The processes of the rank actors alive on the cluster (all on this machine)."""
+    alive = ray._private.state.actors(actor_state_name="ALIVE").values()  # type: ignore[attr-defined]
+    return {int(a["Pid"]) for a in alive if "RankWorker" in str(a.get("ActorClassName", ""))}
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_an_attempt_lost_with_its_ray_is_free_and_billed_to_its_last_heartbeat(env: Env) -> None:
     """Two running jobs with no retries left lose their supervisors. One was launched in a Ray
     session that is gone (what a one-host control plane killed with its Ray leaves): requeued
@@ -185,8 +200,19 @@ def test_an_attempt_lost_with_its_ray_is_free_and_billed_to_its_last_heartbeat(e
         env.until_status(job_id, "RUNNING")
     env.run_until(lambda: all(env.job(j)["checkpoint_uri"] for j in ids))
     assert all(_row(env, j).ray_session == env.service.ray.session() for j in ids)
+    ranks = _rank_pids()
+    assert ranks, "the ranks run"
     for job_id in ids:
         ray.kill(ray.get_actor(supervisor_name(job_id), namespace="nuri"), no_restart=True)
+        # Its ranks go with their bundles (as with a Ray that went away): nothing writes on.
+        pg = ray.util.get_placement_group(placement_group_name(job_id, 1))
+        ray.util.remove_placement_group(pg)
+    # Their processes end a moment later (a rank still running would write on): until they
+    # have, no scheduler cycle runs.
+    deadline = time.monotonic() + WAIT_S
+    while any(_running(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "ranks still running"
+        time.sleep(0.1)
     beats = {}
     with Session(env.engine) as s:
         for job_id in ids:
@@ -199,6 +225,8 @@ def test_an_attempt_lost_with_its_ray_is_free_and_billed_to_its_last_heartbeat(e
             s.add(job)
         s.commit()
     plan = _row(env, lost["id"]).execution_plan or {}
+    on_disk = checkpoint_layout.newest(Path(plan["dirs"]["checkpoints"]))
+    assert on_disk is not None
     env.run_until(lambda: env.job(failed["id"])["status"] == "FAILED")
     env.run_until(lambda: env.job(lost["id"])["attempt"] == 2)
 
@@ -208,10 +236,8 @@ def test_an_attempt_lost_with_its_ray_is_free_and_billed_to_its_last_heartbeat(e
     assert requeue.to_status == "QUEUED"
     assert "Ray restarted" in requeue.message and "not counted against" in requeue.message
     # The checkpoint the database records is the one on disk, whatever the supervisor said.
-    on_disk = checkpoint_layout.newest(Path(plan["dirs"]["checkpoints"]))
-    assert on_disk is not None
-    checkpoints = [e for e in _events(env, lost["id"]) if e.type == "checkpoint"]
-    assert checkpoints[-1].details["step"] == on_disk.step
+    recorded = [e for e in _events(env, lost["id"]) if e.type == "checkpoint" and e.attempt == 1]
+    assert recorded[-1].details["step"] == on_disk.step
     done = env.until_status(lost["id"], "SUCCEEDED")
     assert done["attempt"] == 2
     starts = [ln for ln in logs(env, lost["id"]) if "starting at step" in ln]
