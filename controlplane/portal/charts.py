@@ -34,7 +34,7 @@ MAX_MARKERS = 150  # points with a hover title and a table row; the line keeps e
 Say = Callable[[str], str]  # a gettext: an English sentence to the viewer's language
 
 
-def _as_is(text: str) -> str:
+def as_is(text: str) -> str:
     return text
 
 
@@ -197,7 +197,7 @@ def line_chart(
     x_text: Callable[[float], str] | None = None,
     max_markers: int = MAX_MARKERS,
     note: str = "",
-    say: Say = _as_is,
+    say: Say = as_is,
 ) -> Chart:
     """A line chart of ``series`` with axes, ticks and units.
 
@@ -369,7 +369,7 @@ def _table(
 
 
 def loss_curve(
-    samples: Sequence[tuple[int, Mapping[str, object]]], metric: str = "loss", say: Say = _as_is
+    samples: Sequence[tuple[int, Mapping[str, object]]], metric: str = "loss", say: Say = as_is
 ) -> Chart | None:
     """A job's training curve from its (step, values) samples in step order; None when the
     metric was never reported. Values that are not finite or are negative (a worker's NaN,

@@ -16,7 +16,7 @@ from controlplane.api.deps import SessionDep
 from controlplane.db.models import Job, Pool
 from controlplane.db.types import utcnow
 from controlplane.errors import Forbidden
-from controlplane.portal import timeseries
+from controlplane.portal import i18n, timeseries
 from controlplane.portal.routes import VisitDep, page
 from controlplane.services import inventory
 
@@ -88,7 +88,8 @@ def overview(
     now = utcnow()
     chosen = timeseries.WINDOWS[window]
     pools, waiting = pools_now(session)
-    charts = timeseries.gpu_charts(session, caller, chosen, now, by_member=False)
+    say = i18n.catalog_for(request).gettext  # the charts' words in the viewer's language
+    charts = timeseries.gpu_charts(session, caller, chosen, now, by_member=False, say=say)
     return page(
         request,
         "overview.html",
@@ -98,5 +99,5 @@ def overview(
         window=chosen,
         windows=list(timeseries.WINDOWS),
         gpu_chart=charts[0],
-        queue_charts=timeseries.queue_charts(session, caller, chosen, now),
+        queue_charts=timeseries.queue_charts(session, caller, chosen, now, say),
     )

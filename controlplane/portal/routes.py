@@ -512,7 +512,9 @@ def usage(
             inventory.budget_public(session, b)
             for b in sorted(budgets, key=lambda b: (b.member_id, b.period))
         ],
-        **timeseries.usage_charts(session, caller, window, budgets, utcnow()),
+        **timeseries.usage_charts(
+            session, caller, window, budgets, utcnow(), i18n.catalog_for(request).gettext
+        ),
     )
 
 

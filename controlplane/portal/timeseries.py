@@ -26,7 +26,15 @@ from sqlmodel import Session, col, or_, select
 
 from controlplane.auth import Principal
 from controlplane.db.models import Budget, Job, JobEvent, Member, Pool, UsageRecord
-from controlplane.portal.charts import PALETTE, Chart, Series, line_chart, number
+from controlplane.portal.charts import (
+    PALETTE,
+    Chart,
+    Say,
+    Series,
+    as_is,
+    line_chart,
+    number,
+)
 
 QUEUED, ADMITTED = "QUEUED", "ADMITTED"
 
@@ -352,94 +360,122 @@ def budget_burn(session: Session, budget: Budget, now: datetime) -> Series:
 
 
 def gpu_charts(
-    session: Session, caller: Principal, window: Window, now: datetime, by_member: bool = True
+    session: Session,
+    caller: Principal,
+    window: Window,
+    now: datetime,
+    by_member: bool = True,
+    say: Say = as_is,
 ) -> list[Chart]:
-    """GPUs in use per pool (and per member) over ``window``."""
+    """GPUs in use per pool (and per member) over ``window``; ``say``: the viewer's gettext
+    (for the words of the charts, never for pool or member names)."""
     pools, members = gpus_in_use(session, caller, window, now)
-    label = f"GPUs (average per {window.bucket_words})"
+    label = say("GPUs (average per %(bucket)s)") % {"bucket": say(window.bucket_words)}
+    last = {"window": say(window.name)}
     domain = window.axis(now)
     charts = [
         line_chart(
             "gpus-by-pool",
-            f"GPUs in use per pool, last {window.name}",
+            say("GPUs in use per pool, last %(window)s") % last,
             pools,
             y_label=label,
-            unit="GPUs",
+            unit=say("GPUs"),
             x_domain=domain,
             integer=True,
+            say=say,
         )
     ]
     if by_member:
         charts.append(
             line_chart(
                 "gpus-by-member",
-                f"GPUs in use per member, last {window.name}",
+                say("GPUs in use per member, last %(window)s") % last,
                 members,
                 y_label=label,
-                unit="GPUs",
+                unit=say("GPUs"),
                 x_domain=domain,
                 integer=True,
+                say=say,
             )
         )
     return charts
 
 
-def queue_charts(session: Session, caller: Principal, window: Window, now: datetime) -> list[Chart]:
+def queue_charts(
+    session: Session, caller: Principal, window: Window, now: datetime, say: Say = as_is
+) -> list[Chart]:
     """Jobs waiting and how long admissions waited, over ``window``."""
     start, end = window.bounds(now)
     history = queue_history(session, caller, start, end, now.timestamp())
     length, waits, unit = queue_series(history, window, now)
+    last = {"window": say(window.name)}
     return [
         line_chart(
             "queue-length",
-            f"Jobs waiting in the queue, last {window.name}",
+            say("Jobs waiting in the queue, last %(window)s") % last,
             length,
-            y_label="jobs waiting",
-            unit="jobs",
+            y_label=say("jobs waiting"),
+            unit=say("jobs"),
             x_domain=window.axis(now),
             integer=True,
-            note="Most waiting: the longest the queue was at any moment of the bucket.",
+            note=say("Most waiting: the longest the queue was at any moment of the bucket."),
+            say=say,
         ),
         line_chart(
             "admission-wait",
-            f"Admission wait, last {window.name}",
+            say("Admission wait, last %(window)s") % last,
             waits,
-            y_label=f"wait ({unit})",
-            unit=unit,
+            y_label=say("wait (%(unit)s)") % {"unit": say(unit)},
+            unit=say(unit),
             x_domain=window.axis(now),
-            note=f"Admissions: {len(history.admissions)}; each counts in the bucket it was "
-            "admitted in.",
+            note=say("Admissions: %(count)s; each counts in the bucket it was admitted in.")
+            % {"count": len(history.admissions)},
+            say=say,
         ),
     ]
 
 
-def burn_chart(session: Session, budget: Budget, member: str, now: datetime) -> Chart:
+def burn_chart(
+    session: Session, budget: Budget, member: str, now: datetime, say: Say = as_is
+) -> Chart:
     """A budget's cumulative GPU-hours over its whole period, against its limit."""
     used = budget_burn(session, budget, now)
+    used = Series(say(used.name), used.points)
     start, end = _epoch(budget.starts_at), _epoch(budget.ends_at)
-    pace = Series("even pace", [(start, 0.0), (end, budget.gpu_hours)])
+    pace = Series(say("even pace"), [(start, 0.0), (end, budget.gpu_hours)])
     series = [used, pace] if used.points else []
     last = used.points[-1][1] if used.points else 0.0
     return line_chart(
         f"burn-{budget.id}",
-        f"{member} · {budget.period}: GPU-hours used",
+        say("%(member)s · %(period)s: GPU-hours used")
+        % {"member": member, "period": budget.period},
         series,
-        y_label="GPU-hours (cumulative)",
-        unit="GPU-h",
+        y_label=say("GPU-hours (cumulative)"),
+        unit=say("GPU-h"),
         x_domain=(start, end),
-        limit=(budget.gpu_hours, "budget"),
-        note=f"{number(last)} of {number(budget.gpu_hours)} GPU-hours used; the dashed line "
-        "is the budget, the even pace spends it exactly by the period's end.",
+        limit=(budget.gpu_hours, say("budget")),
+        note=say(
+            "%(used)s of %(limit)s GPU-hours used; the dashed line is the budget, the even "
+            "pace spends it exactly by the period's end."
+        )
+        % {"used": number(last), "limit": number(budget.gpu_hours)},
+        say=say,
     )
 
 
 def burn_charts(
-    session: Session, budgets: Sequence[Budget], names: dict[str, str], now: datetime, most: int
+    session: Session,
+    budgets: Sequence[Budget],
+    names: dict[str, str],
+    now: datetime,
+    most: int,
+    say: Say = as_is,
 ) -> list[Chart]:
     """Burn charts of the budgets whose period is under way (at most ``most``)."""
     current = [b for b in budgets if b.starts_at <= now < b.ends_at]
     return [
-        burn_chart(session, b, names.get(b.member_id, b.member_id), now) for b in current[:most]
+        burn_chart(session, b, names.get(b.member_id, b.member_id), now, say)
+        for b in current[:most]
     ]
 
 
@@ -453,6 +489,7 @@ def usage_charts(
     window: WindowName,
     budgets: Sequence[Budget],
     now: datetime,
+    say: Say = as_is,
 ) -> dict[str, Any]:
     """The usage page's charts: GPUs in use over the chosen window (per pool, and per member
     for those who see every member) and the burn of each budget under way."""
@@ -465,6 +502,6 @@ def usage_charts(
     return {
         "window": chosen,
         "windows": list(WINDOWS),
-        "gpu_charts": gpu_charts(session, caller, chosen, now, caller.reads_all_members),
-        "burn_charts": burn_charts(session, budgets, names, now, BURN_CHARTS),
+        "gpu_charts": gpu_charts(session, caller, chosen, now, caller.reads_all_members, say),
+        "burn_charts": burn_charts(session, budgets, names, now, BURN_CHARTS, say),
     }

@@ -425,6 +425,11 @@ def test_usage_audit_overview_and_admin_render_in_korean(sqlite_world: World) ->
     ):
         assert words in usage.text, words
     no_english(usage.text, "GPU quotas", "Usage report", "The numbers", ">Last week<")
+    # The charts' own words (titles, axes, units) too; names stay as they are.
+    charts = ("풀별 사용 중인 GPU, 최근 1주", ": 사용한 GPU 시간", "GPU 시간 (누적)", "균등 소진")
+    for words in charts:
+        assert words in usage.text, words
+    no_english(usage.text, "GPUs in use per pool", "GPU-hours (cumulative)", "even pace")
 
     auditor = signed_in(sqlite_world, sqlite_world.auditor_token)
     audit = auditor.get("/portal/audit", headers=KOREAN)
@@ -446,6 +451,9 @@ def test_usage_audit_overview_and_admin_render_in_korean(sqlite_world: World) ->
     for words in ("<h1>클러스터 개요</h1>", "현재 GPU", "최근 1일 동안", "대기열에서 작업"):
         assert words in overview.text, words
     no_english(overview.text, "Cluster overview", "GPUs in all", "Pools now")
+    for words in ("대기열의 작업 수, 최근 1일", "승인 대기 시간, 최근 1일", "대기 중인 작업"):
+        assert words in overview.text, words
+    no_english(overview.text, "Jobs waiting in the queue", "Admission wait", "jobs waiting")
     pool = sqlite_world.pool["name"]
     admin = root.get(f"/portal/admin?defaults={pool}", headers=KOREAN)
     assert admin.status_code == 200, admin.text
