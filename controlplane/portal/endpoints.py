@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import anyio.from_thread
@@ -30,7 +31,7 @@ from controlplane.db.models import Pool, PriorityClass
 from controlplane.db.types import utcnow
 from controlplane.errors import NuriError
 from controlplane.numerals import finite_float
-from controlplane.portal import routes, sessions, views
+from controlplane.portal import i18n, notices, routes, sessions, views
 from controlplane.portal.routes import (
     FormDep,
     Visit,
@@ -227,10 +228,29 @@ def _detail_page(
 def delete(
     request: Request, session: SessionDep, visit: VisitDep, form: FormDep, name: str
 ) -> Response:
+    """Asks first (a confirmation page, nothing changes), then deletes as the API does."""
     sessions.check_csrf(visit.secret, routes.field(form, "csrf"))
+    if not notices.confirmed(visit.secret, "delete", name, routes.field(form, "confirm")):
+        shown = endpoints.get(session, visit.principal, name)  # another member's: a 404
+        visit.principal.require_write()  # an auditor is refused here, not after confirming
+        said = i18n.catalog_for(request).gettext
+        return routes.confirmation(
+            request,
+            visit,
+            "delete",
+            name,
+            question=said("Delete endpoint %(name)s?") % {"name": shown.name},
+            consequence=said(
+                "Its replicas stop and its GPUs go back to the pool; requests for it are "
+                "refused from now on. A deleted endpoint cannot be restored; create it again "
+                "instead."
+            ),
+            button=said("Yes, delete the endpoint"),
+            back=f"/portal/endpoints/{quote(name)}",
+        )
     endpoints.delete(session, visit.principal, name, utcnow())
     _wake(request)
-    return see_other("/portal/endpoints")
+    return routes.done("/portal/endpoints", visit, "endpoint_deleted")
 
 
 @router.post("/endpoints/{name}/playground")

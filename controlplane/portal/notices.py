@@ -1,7 +1,7 @@
 """What the portal says around a change: a confirmation before a dangerous one, a message
 after every one, and the submit form's idempotency key.
 
-- **Confirmations** (cancel a job, revoke a token, disable a user) need no JavaScript: the
+- **Confirmations** (cancel a job, revoke a token, disable a user, delete an endpoint) need no JavaScript: the
   first POST only shows a confirmation page whose form carries ``confirm``, a keyed hash of
   the session's secret, the action and its target. Only a POST carrying that value acts, so a
   direct POST (a stray button, a replayed form without the step) asks first.
@@ -38,6 +38,7 @@ MESSAGES = {
     "job_cancelled": "The job was cancelled; it checkpoints and stops.",
     "token_revoked": "The token was revoked: it no longer works anywhere.",
     "user_added": "The user was added.",
+    "endpoint_deleted": "The endpoint was deleted: its replicas stop and its GPUs are freed.",
     "user_disabled": "The user was disabled: their portal sessions ended and their API tokens "
     "are suspended.",
     "user_enabled": "The user was enabled: their API tokens work again.",

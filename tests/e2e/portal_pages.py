@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -65,6 +65,13 @@ class World:
             ("not-found", "/portal/jobs/job-does-not-exist"),
         ]
         member = [("submit", "/portal/jobs/new"), ("endpoint-new", "/portal/endpoints/new")]
+        pool = str(POOL["name"])
+        # The admin page with each form opened on a current row, prefilled.
+        prefilled = [
+            ("quota-form", "/portal/admin?" + urlencode({"member": "univ", "pool": pool})),
+            ("budget-form", "/portal/admin?" + urlencode({"member": "univ", "period": quarter()})),
+            ("defaults-form", "/portal/admin?" + urlencode({"defaults": pool})),
+        ]
         by_role = {
             "member_user": [*common, *member, ("foreign-job", f"/portal/jobs/{self.foreign_job}")],
             "member_admin": [*common, *member, ("users", "/portal/users")],
@@ -74,6 +81,7 @@ class World:
                 ("cluster", "/portal/admin"),
                 ("overview", "/portal/overview"),
                 ("audit", "/portal/audit"),
+                *prefilled,
             ],
             "auditor": [
                 *common,
@@ -83,6 +91,42 @@ class World:
             ],
         }
         return by_role[role]
+
+    def confirmations(self, role: str) -> list[tuple[str, str, str]]:
+        """(name, path, form) of each dangerous action ``role`` can start: the form's button
+        on the page at ``path`` opens its confirmation page (nothing changes until it is
+        confirmed). Forms by their action, so that any language finds them."""
+        cancel = ("confirm-cancel", f"/portal/jobs/{self.job}", "form[action$='/cancel']")
+        bulk = ("confirm-bulk-cancel", "/portal/jobs", BULK_FORM)
+        revoke = ("confirm-revoke", "/portal/tokens", "form[action$='/revoke']")
+        disable = ("confirm-disable", "/portal/users", "form[action$='/disable']")
+        delete = (
+            "confirm-delete-endpoint",
+            f"/portal/endpoints/{self.endpoint}",
+            "form[action$='/delete']",
+        )
+        by_role = {
+            "member_user": [cancel, bulk, revoke, delete],
+            "member_admin": [cancel, bulk, revoke, disable, delete],
+            "platform_admin": [cancel, bulk, revoke, disable],
+            "auditor": [],
+        }
+        return by_role[role]
+
+    def every_page(self, role: str) -> list[tuple[str, str, str | None]]:
+        """The pages and then the confirmation pages of ``role``: (name, path, form or None),
+        for ``reach``."""
+        plain: list[tuple[str, str, str | None]] = [(n, p, None) for n, p in self.pages(role)]
+        return plain + list(self.confirmations(role))
+
+
+BULK_FORM = "form[action='/portal/jobs/bulk-cancel']"
+
+
+def quarter() -> str:
+    """The current budget period, ``2026-Q4``."""
+    now = datetime.now(UTC)
+    return f"{now.year}-Q{(now.month - 1) // 3 + 1}"
 
 
 def require_chromium() -> None:
@@ -225,9 +269,29 @@ def visit(context: BrowserContext, world: World, name: str, path: str) -> Page:
     assert response is not None
     expected = 404 if name in NOT_FOUND else 200
     assert response.status == expected, f"{path}: HTTP {response.status}"
-    # The same path (a form may add a query, e.g. the submit form's one-time form id).
-    assert urlsplit(page.url).path == path, f"{path} went to {page.url}"
+    # The same path (a form may add a query, e.g. the submit form's one-time form id), with
+    # the query asked for.
+    asked, got = urlsplit(path), urlsplit(page.url)
+    assert got.path == asked.path and asked.query in got.query, f"{path} went to {page.url}"
     return page
+
+
+def confirmation(context: BrowserContext, world: World, name: str, path: str, form: str) -> Page:
+    """Open ``path``, press ``form``'s button (after ticking univ's job for the bulk cancel)
+    and wait for the confirmation page it shows; nothing is confirmed."""
+    page = visit(context, world, name, path)
+    if form == BULK_FORM:
+        page.locator(f"#pick-{world.job}").check()
+    page.locator(form).first.locator("button[type=submit]").click()
+    page.get_by_test_id("confirm").wait_for()
+    return page
+
+
+def reach(context: BrowserContext, world: World, name: str, path: str, form: str | None) -> Page:
+    """A page of ``World.every_page``: opened, or its confirmation page."""
+    if form is None:
+        return visit(context, world, name, path)
+    return confirmation(context, world, name, path, form)
 
 
 NOT_FOUND = ("not-found", "foreign-job")

@@ -1,7 +1,8 @@
 """axe-core (npm's package, unpacked by `make axe`) on every portal page in a real browser
 (Debian's Chromium, driven by Playwright) against a real `nuri api` server, as a member user,
-a member admin, a platform admin and an auditor, and on the sign-in page: no serious or
-critical violation.
+a member admin, a platform admin and an auditor, in English and in Korean, with the
+confirmation pages of the dangerous actions and the admin forms opened prefilled, and on the
+sign-in page: no serious or critical violation.
 
 axe is evaluated through the DevTools protocol, which the pages' CSP (`script-src 'self'`)
 does not govern, so the pages are checked with their real CSP in force: a script tag would
@@ -20,9 +21,9 @@ from tests.e2e.portal_pages import (
     World,
     launch,
     portal_world,
+    reach,
     require_chromium,
     signed_in,
-    visit,
 )
 
 if TYPE_CHECKING:
@@ -65,19 +66,26 @@ def serious_violations(page: Page) -> list[dict[str, Any]]:
     return list(page.evaluate(RUN_AXE))
 
 
+@pytest.mark.parametrize("locale", ["en-US", "ko-KR"])
 @pytest.mark.parametrize("role", ROLES)
-def test_every_page_has_no_serious_axe_violation(browser: Browser, world: World, role: str) -> None:
-    context = signed_in(browser, world, role)
+def test_every_page_has_no_serious_axe_violation(
+    browser: Browser, world: World, role: str, locale: str
+) -> None:
+    """Every page and every confirmation page ``role`` can reach, in English and in Korean
+    (the browser's own language picks it)."""
+    lang = locale.split("-")[0]
+    context = signed_in(browser, world, role, locale=locale)
     found: dict[str, list[dict[str, Any]]] = {}
     try:
-        for name, path in world.pages(role):
-            page = visit(context, world, name, path)
+        for name, path, form in world.every_page(role):
+            page = reach(context, world, name, path, form)
+            assert page.locator("html").get_attribute("lang") == lang, f"{name}: not in {lang}"
             if violations := serious_violations(page):
-                found[f"{name} ({path})"] = violations
+                found[f"{name} ({page.url})"] = violations
             page.close()
     finally:
         context.close()
-    assert not found, f"axe, as {role}: {found}"
+    assert not found, f"axe, as {role} in {locale}: {found}"
 
 
 def test_sign_in_page_has_no_serious_axe_violation(browser: Browser, world: World) -> None:

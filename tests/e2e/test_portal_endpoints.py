@@ -141,7 +141,10 @@ def test_member_user_creates_follows_and_deletes_an_endpoint(server: dict[str, A
 
             page.goto(f"{url}/portal/endpoints/ko-chat")
             page.get_by_role("button", name="Delete endpoint").click()
+            expect(page.get_by_test_id("confirm")).to_contain_text("Delete endpoint ko-chat?")
+            page.get_by_role("button", name="Yes, delete the endpoint").click()
             expect(page).to_have_url(f"{url}/portal/endpoints")
+            expect(page.get_by_test_id("flash")).to_contain_text("The endpoint was deleted")
             expect(page.get_by_test_id("no-endpoints")).to_be_visible()
         finally:
             browser.close()

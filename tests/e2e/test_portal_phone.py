@@ -1,6 +1,7 @@
 """The portal on a phone and on a desktop, in a real browser (Debian's Chromium, driven by
-Playwright) against a real `nuri api` server: at 390 px no page scrolls sideways for any
-role (a wide table scrolls inside its own region), and at 1440 px the audit table fits."""
+Playwright) against a real `nuri api` server: at 390 px no page (confirmation pages and
+prefilled admin forms included) scrolls sideways for any role (a wide table scrolls inside
+its own region), and at 1440 px the audit table fits."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.e2e.portal_pages import (
     World,
     launch,
     portal_world,
+    reach,
     require_chromium,
     signed_in,
     visit,
@@ -62,8 +64,8 @@ def test_no_page_scrolls_sideways_on_a_phone(browser: Browser, world: World, rol
     context = signed_in(browser, world, role, viewport=PHONE, is_mobile=True, has_touch=True)
     wide: dict[str, str] = {}
     try:
-        for name, path in world.pages(role):
-            page = visit(context, world, name, path)
+        for name, path, form in world.every_page(role):
+            page = reach(context, world, name, path, form)
             if overflow := page_overflow(page):
                 wide[f"{name} ({path})"] = overflow
             page.close()

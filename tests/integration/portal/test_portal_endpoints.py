@@ -19,6 +19,7 @@ from controlplane.serving.names import SERVE_KIND
 from tests.conftest import World, bearer, ok
 from tests.integration.portal.test_portal import (
     audit_actions,
+    confirmed,
     csrf,
     engine_session,
     signed_in,
@@ -87,8 +88,16 @@ def test_create_list_detail_delete(world: World) -> None:
     assert 'data-testid="no-replicas"' in detail.text and "/openai/v1" in detail.text
     assert 'name="prompt"' in detail.text  # a member's user plays
 
-    gone = client.post("/portal/endpoints/chat/delete", data={"csrf": csrf(client)})
+    # Delete asks first: the question names the endpoint, and nothing changes until confirmed.
+    asked = client.post("/portal/endpoints/chat/delete", data={"csrf": csrf(client)})
+    assert asked.status_code == 200 and 'data-testid="confirm"' in asked.text, asked.text
+    assert "Delete endpoint chat?" in asked.text
+    assert 'href="/portal/endpoints/chat"' in asked.text  # "No, go back"
+    assert [e["name"] for e in endpoints_of(world, world.a.user_token)] == ["chat"]
+    assert "endpoint.delete" not in audit_actions(world, world.a.member["id"])
+    gone = confirmed(client, "/portal/endpoints/chat/delete", {"csrf": csrf(client)})
     assert gone.status_code == 303 and gone.headers["location"] == "/portal/endpoints"
+    assert "The endpoint was deleted" in client.get("/portal/endpoints").text  # said once
     assert endpoints_of(world, world.a.user_token) == []
     assert client.get("/portal/endpoints/chat").status_code == 404
     assert audit_actions(world, world.a.member["id"]).count("endpoint.delete") == 1
