@@ -1,10 +1,11 @@
 """What the portal says around a change: a confirmation before a dangerous one, a message
 after every one, and the submit form's idempotency key.
 
-- **Confirmations** (cancel a job, revoke a token, disable a user, delete an endpoint) need no JavaScript: the
-  first POST only shows a confirmation page whose form carries ``confirm``, a keyed hash of
-  the session's secret, the action and its target. Only a POST carrying that value acts, so a
-  direct POST (a stray button, a replayed form without the step) asks first.
+- **Confirmations** (cancel a job, revoke a token, disable a user, delete an endpoint) need
+  no JavaScript: the first POST only shows a confirmation page whose form carries
+  ``confirm``, a keyed hash of the session's secret, the action and its target. Only a POST
+  carrying that value acts, so a direct POST (a stray button, a replayed form without the
+  step) asks first.
 - **Messages** after a change travel in a short-lived cookie (``FLASH_COOKIE``) that the next
   page shows once and clears. It holds only a key from ``MESSAGES`` and a keyed hash of it
   with the session's secret: nobody can craft a link or plant a cookie that makes the portal

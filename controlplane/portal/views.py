@@ -61,7 +61,34 @@ def terminal(status: str) -> bool:
     return JobStatus(status) in TERMINAL
 
 
+# A short title for each reason code of the engine (``quotas.decisions``), shown before its
+# message and translated; the message itself (what was needed, what was there) is the
+# engine's and stays English.
+REASON_TITLES = {
+    "invalid_request": "The request cannot run as written",
+    "no_allowed_pool": "No pool may take it",
+    "shape_unsatisfiable": "No node shape fits it",
+    "placement_paused": "The cluster is not taking work right now",
+    "waiting_for_preemption": "Room is being made for it",
+    "budget_exhausted": "Out of GPU-hour budget",
+    "non_preemptible_over_nominal": "Over its guaranteed share",
+    "quota_exceeded": "Over its member's quota",
+    "cohort_exhausted": "Nothing left to borrow",
+    "insufficient_capacity": "Not enough free GPUs",
+    "fragmented": "Free GPUs are too scattered",
+    "reserved_for_head": "GPUs held for the job at the head of the queue",
+    "blocked_by_head": "Behind the job at the head of the queue",
+    "queue_position": "Waiting its turn",
+}
+
+
+def reason_title(code: str) -> str:
+    """The English title of a reason code (its code for one this list does not know)."""
+    return REASON_TITLES.get(code, code)
+
+
 templates.env.filters["when"] = when
+templates.env.filters["reason_title"] = reason_title
 templates.env.filters["duration"] = duration
 templates.env.filters["day"] = day
 templates.env.tests["terminal"] = terminal

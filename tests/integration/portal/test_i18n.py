@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from controlplane.db.models import JobMetric
+from controlplane.db.models import Job, JobMetric
 from controlplane.portal import i18n, notices, views
+from quotas.decisions import REASON_RANK
 from tests.conftest import World
 from tests.integration.portal.test_portal import (
     browser,
@@ -318,6 +319,37 @@ def test_the_korean_catalog_is_complete_and_has_nothing_unused() -> None:
         assert sorted(re.findall(r"%\((\w+)\)s", msgstr)) == names, msgid
         assert msgstr.count("<code>") == msgid.count("<code>"), msgid
     assert set(notices.MESSAGES.values()) <= set(catalog)
+    # Every reason code of the engine has a title, and every title a Korean entry.
+    assert set(views.REASON_TITLES) == set(REASON_RANK)
+    assert set(views.REASON_TITLES.values()) <= set(catalog)
+
+
+def test_why_a_job_waits_is_titled_in_the_viewers_language(sqlite_world: World) -> None:
+    """The engine's reasons get a translated title; the engine's own message (with its
+    numbers) is shown under it as written."""
+    job = sqlite_world.a.job
+    reasons = [
+        {"code": "quota_exceeded", "message": "needs 8 GPUs; 4 of 16 nominal left in kr-test"},
+        {"code": "queue_position", "message": "position 2 in kr-test"},
+    ]
+    with engine_session(sqlite_world) as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.status == "QUEUED"
+        row.reasons = reasons
+        s.add(row)
+        s.commit()
+    client = signed_in(sqlite_world, sqlite_world.a.user_token)
+    korean = client.get(f"/portal/live/jobs/{job['id']}", headers=KOREAN).text
+    listed = re.search(r'data-testid="reasons">(.*?)</ol>', korean, re.S)
+    assert listed, korean
+    items = re.findall(r"<li>(.*?)</li>", listed.group(1), re.S)
+    assert items == [
+        "<strong>회원사 할당량 초과</strong> <code>quota_exceeded</code><br>"
+        "needs 8 GPUs; 4 of 16 nominal left in kr-test",
+        "<strong>차례를 기다리는 중</strong> <code>queue_position</code><br>position 2 in kr-test",
+    ]
+    english = client.get(f"/portal/jobs/{job['id']}?lang=en").text
+    assert "<strong>Over its member&#39;s quota</strong> <code>quota_exceeded</code>" in english
 
 
 def no_english(text: str, *phrases: str) -> None:
