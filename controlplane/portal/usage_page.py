@@ -30,7 +30,7 @@ from quotas.budgets import BudgetLeft
 @dataclass(frozen=True, slots=True)
 class QuotaLine:
     """A member's GPUs in a pool, against its quota there (``has_quota`` False: none, and
-    ``without_quota`` says what the pool lets such members do)."""
+    ``default_limit`` is what the pool lets such members borrow: ``None`` without a limit)."""
 
     member_id: str
     pool: str
@@ -39,16 +39,7 @@ class QuotaLine:
     nominal_gpus: int = 0
     borrowing_limit: int | None = None
     lending_limit: int | None = None
-    without_quota: str = ""
-
-
-def without_quota_words(limit: int | None) -> str:
-    """What a pool lets members without a quota row do there, for a usage row."""
-    if limit is None:
-        return "no quota here: members without a quota may borrow idle GPUs without a limit"
-    if limit == 0:
-        return "no quota here: members without a quota may not run here"
-    return f"no quota here: members without a quota may borrow up to {limit} GPUs"
+    default_limit: int | None = None
 
 
 def quota_lines(session: Session, caller: Principal) -> list[QuotaLine]:
@@ -87,9 +78,7 @@ def quota_lines(session: Session, caller: Principal) -> list[QuotaLine]:
             continue
         found = by_name.get(name)
         limit = found.default_borrowing_limit if found is not None else None
-        lines.append(
-            QuotaLine(member_id, name, gpus, False, without_quota=without_quota_words(limit))
-        )
+        lines.append(QuotaLine(member_id, name, gpus, False, default_limit=limit))
     return sorted(lines, key=lambda line: (line.member_id, line.pool))
 
 
@@ -117,5 +106,4 @@ def budget_facts(budget_id: str, left: BudgetLeft) -> dict[str, Any]:
         "reserved": left.reserved_gpu_hours,
         "used": left.used_gpu_hours,
         "limit": left.limit_gpu_hours,
-        "text": left.describe(),
     }

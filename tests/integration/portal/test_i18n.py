@@ -58,6 +58,7 @@ TRANSLATED = [
     "audit.html",
     "overview.html",
     "_chart.html",
+    "_budget.html",
 ]
 TIME = re.compile(
     r'<time datetime="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)" title="([^"]+) UTC">([^<]+)</time>'

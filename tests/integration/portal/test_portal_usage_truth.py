@@ -98,6 +98,8 @@ def test_gpus_without_a_quota_row_show_on_the_usage_page(sqlite_world: World) ->
     )
     again = signed_in(world, world.a.user_token).get("/portal/usage").text
     assert "members without a quota may borrow up to 2 GPUs" in again
+    korean = signed_in(world, world.a.user_token).get("/portal/usage?lang=ko").text
+    assert "할당량 없는 회원사는 GPU를 최대 2개까지 빌릴 수 있습니다" in korean
 
 
 def test_left_this_period_agrees_on_both_pages_and_in_the_wait_reason(world: World) -> None:
@@ -114,6 +116,10 @@ def test_left_this_period_agrees_on_both_pages_and_in_the_wait_reason(world: Wor
     assert used >= 15.9 and reserved > 0  # 8 GPUs for 2 hours so far; the rest reserved
     assert abs(job_reserved - reserved) <= 0.1 and abs(job_left - left) <= 0.1
     assert abs(limit - used - reserved - left) <= 0.2
+    # The same sentence in Korean, with the same numbers.
+    korean = signed_in(world, world.a.user_token)
+    ko_text = cell(korean.get(f"/portal/jobs/{world.a.job['id']}?lang=ko").text, "budget-left")
+    assert ko_text.startswith("이번 기간 1000.0 GPU-h 중 ") and "GPU-h 남음" in ko_text, ko_text
     # The engine refuses a job on the same numbers, in the same words.
     big = ok(
         world.client.post(
