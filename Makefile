@@ -74,10 +74,14 @@ $(VENV)/axe/axe.min.js: | $(STAMP)
 	  rm -rf $$tmp
 	@echo "$(AXE_NPM) in $(VENV)/axe"
 
+# Two pytest workers (pytest-xdist): the tests that start Ray run one after another in one of
+# them (tests/conftest.py groups them), everything else spreads over both. TEST_WORKERS=0 runs
+# the suite in one process.
+TEST_WORKERS ?= 2
 test: install postgres browser prometheus helm axe
 	$(BIN)/ruff check .
 	$(BIN)/mypy controlplane quotas policies
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --timeout=600 --durations=25 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow" tests/unit

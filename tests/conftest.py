@@ -23,6 +23,31 @@ from controlplane.settings import Settings
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# `make test` runs two pytest workers (pytest-xdist, ``--dist loadgroup``). Every module with
+# a test that starts Ray (marked ``ray``, or using a Ray fixture) is in one group, so those
+# run one after another in one worker, each with the machine's Ray to itself as when run
+# alone; every other module is one unit, so its module-scoped fixtures (a portal world, a
+# server) start once. Without xdist the marks do nothing.
+RAY_FIXTURES = frozenset({"ray_cluster", "local_ray"})
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    ray_modules = {
+        _module(item)
+        for item in items
+        if item.get_closest_marker("ray") is not None
+        or set(getattr(item, "fixturenames", ())) & RAY_FIXTURES
+    }
+    for item in items:
+        module = _module(item)
+        item.add_marker(pytest.mark.xdist_group("ray" if module in ray_modules else module))
+
+
 PG_URL = os.environ.get("NURI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "nuri-test-bootstrap-admin-token-0123456789"
 
