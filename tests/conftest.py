@@ -22,6 +22,11 @@ from controlplane.settings import Settings
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CLI tests choose their terminal's width (COLUMNS in the runner's env); rich's consoles,
+# made when the CLI is imported, would otherwise keep a COLUMNS inherited by the process (an
+# xdist worker has COLUMNS=80) and fold the tables' cells.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 # `make test` runs two pytest workers (pytest-xdist, ``--dist loadgroup``). Every module with
 # a test that starts Ray (marked ``ray``, or using a Ray fixture) is in one group, so those

@@ -26,8 +26,11 @@ def tour_script() -> str:
     return "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
 
 
-@pytest.fixture
-def nuri_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
+@pytest.fixture(scope="module")
+def nuri_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """One `nuri up --demo` for the module: the tour (its own member, jeju-lab) and then the
+    portal's default submission (the demo's hangang member)."""
+    tmp_path = tmp_path_factory.mktemp("tour")
     port = free_port()
     env = {
         **os.environ,

@@ -21,6 +21,7 @@ from tests.integration.portal.test_portal import (
     jobs_of,
     signed_in,
 )
+from tests.integration.portal.test_portal_endpoints import api_create
 
 POOL = "kr-test-h200"
 NO_LIMITS = {"borrowing_unlimited": "on", "lending_unlimited": "on"}
@@ -269,16 +270,18 @@ def test_every_change_says_so_once(world: World) -> None:
         (user, "/portal/jobs/new", submit, "job_submitted"),
         (user, "/portal/jobs/new", submit, "job_resent"),
         (user, f"/portal/jobs/{world.a.job['id']}/cancel", {}, "job_cancelled"),
+        (user, "/portal/endpoints/chat/delete", {}, "endpoint_deleted"),
         (member_admin, "/portal/users", {"email": "n@alpha.example", "name": "N"}, "user_added"),
         (member_admin, f"/portal/users/{a_user}/disable", {}, "user_disabled"),
         (member_admin, f"/portal/users/{a_user}/enable", {}, "user_enabled"),
         (member_admin, f"/portal/tokens/{a_token}/revoke", {}, "token_revoked"),
     ]
     assert {key for *_, key in changes} == set(notices.MESSAGES)  # every message, every change
+    api_create(world, world.a.user_token, "chat")
     before = len(jobs_of(world, world.a.admin_token))
     for client, path, fields, key in changes:
         data = {"csrf": csrf(client), **fields}
-        asks_first = path.endswith(("/cancel", "/disable", "/revoke"))
+        asks_first = path.endswith(("/cancel", "/disable", "/revoke", "/delete"))
         resp = confirmed(client, path, data) if asks_first else client.post(path, data=data)
         assert resp.status_code == 303, (key, resp.text)
         assert flash_of(client, resp.headers["location"].split("#")[0]) == notices.MESSAGES[key]
