@@ -22,6 +22,10 @@ from controlplane.settings import Settings
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray runs its workers at nice 15 by default (RAY_worker_niceness) so that its own daemons stay
+# responsive; beside the other pytest worker that starves the jobs of the tests' Rays (a
+# one-minute job took eight). The tests' Rays run their workers at the tests' priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 # The CLI tests choose their terminal's width (COLUMNS in the runner's env); rich's consoles,
 # made when the CLI is imported, would otherwise keep a COLUMNS inherited by the process (an
 # xdist worker has COLUMNS=80) and fold the tables' cells.
