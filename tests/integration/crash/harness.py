@@ -42,6 +42,7 @@ GPUS_PER_NODE = 8
 MEMBERS = (("alpha", 4, 8), ("beta", 12, 0))
 START_TIMEOUT_S = 240.0  # generous: a loaded machine starts Ray and torch slowly
 RUN_MARKER = "NURI_CRASH_RUN"
+PREEMPTION_GRACE_S = 5.0  # preemption within the test's seconds, in both deployments
 
 
 def free_port() -> int:
@@ -180,8 +181,7 @@ class Processes:
             "NURI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
             # Checkpoints every few seconds: the test sees each deployment sign them.
             "NURI_AUDIT_CHECKPOINT_INTERVAL_S": "3",
-            # Preemption within the test's seconds, in both deployments.
-            "NURI_PREEMPTION_GRACE_S": "5",
+            "NURI_PREEMPTION_GRACE_S": str(PREEMPTION_GRACE_S),
             "NURI_MIN_RUNTIME_S": "0",
             "XDG_CONFIG_HOME": str(self.home / "config"),
             RUN_MARKER: self.marker,

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from tests.integration.crash.harness import (
     MEMBERS,
     NODES,
     POOL,
+    PREEMPTION_GRACE_S,
     Deployment,
     Processes,
     SingleHost,
@@ -73,8 +74,9 @@ KILL_WINDOW_S = (4.0, 40.0)  # kills at seeded moments in this range (after star
 # attempt that ends during the outage shows whether it is billed to its end or to its notice.
 DOWN_S = (2.0, 4.0)
 SAMPLE_EVERY_S = 0.5
-# An attempt is billed from its RUNNING transition to the last thing its workers reported,
-# give or take one scheduler cycle and a status call (the heartbeat granularity).
+# An attempt is billed from its RUNNING transition to the last thing its workers reported (a
+# preempted one: at least to the end of its grace), give or take one scheduler cycle and a
+# status call (the heartbeat granularity).
 BILLING_SLACK_S = 5.0
 WAIT_TERMINAL_S = 300.0
 HELD = ("ADMITTED", "RUNNING", "PREEMPTING")
@@ -339,6 +341,12 @@ def check_usage(engine: Engine) -> list[str]:
             for job_id, attempt, at in rows:
                 key = (job_id, attempt)
                 last[key] = max(at, last.get(key, at))
+        # A preempted attempt holds its GPUs until its ranks stop or its grace ends: ranks
+        # still starting when the notice came report nothing more, and are stopped then.
+        noticed = {
+            (e.job_id, e.attempt): e.at
+            for e in s.exec(select(JobEvent).where(JobEvent.to_status == "PREEMPTING")).all()
+        }
         records = s.exec(select(UsageRecord)).all()
     by_attempt: dict[tuple[str, int], list[UsageRecord]] = defaultdict(list)
     for rec in records:
@@ -361,11 +369,13 @@ def check_usage(engine: Engine) -> list[str]:
         if abs((rec.started_at - ran[key]).total_seconds()) > 1.0:
             out.append(f"{name}: billed from {rec.started_at}, RUNNING at {ran[key]}")
         end = last.get(key, rec.started_at)
+        if key in noticed:
+            end = max(end, noticed[key] + timedelta(seconds=PREEMPTION_GRACE_S))
         over = (rec.ended_at - end).total_seconds()
         if over > BILLING_SLACK_S or over < -1.0:
             out.append(
-                f"{name}: billed until {rec.ended_at:%H:%M:%S.%f}, last reported "
-                f"{end:%H:%M:%S.%f} ({over:+.1f}s)"
+                f"{name}: billed until {rec.ended_at:%H:%M:%S.%f}, last reported (or its "
+                f"preemption grace ended) {end:%H:%M:%S.%f} ({over:+.1f}s)"
             )
     return out
 
