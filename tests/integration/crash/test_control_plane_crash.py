@@ -369,13 +369,15 @@ def check_usage(engine: Engine) -> list[str]:
         if abs((rec.started_at - ran[key]).total_seconds()) > 1.0:
             out.append(f"{name}: billed from {rec.started_at}, RUNNING at {ran[key]}")
         end = last.get(key, rec.started_at)
+        latest = end  # what may be billed at most (give or take the slack)
         if key in noticed:
-            end = max(end, noticed[key] + timedelta(seconds=PREEMPTION_GRACE_S))
-        over = (rec.ended_at - end).total_seconds()
-        if over > BILLING_SLACK_S or over < -1.0:
+            latest = max(end, noticed[key] + timedelta(seconds=PREEMPTION_GRACE_S))
+        if (rec.ended_at - latest).total_seconds() > BILLING_SLACK_S or (
+            rec.ended_at - end
+        ).total_seconds() < -1.0:
             out.append(
-                f"{name}: billed until {rec.ended_at:%H:%M:%S.%f}, last reported (or its "
-                f"preemption grace ended) {end:%H:%M:%S.%f} ({over:+.1f}s)"
+                f"{name}: billed until {rec.ended_at:%H:%M:%S.%f}, last reported "
+                f"{end:%H:%M:%S.%f}, billable until {latest:%H:%M:%S.%f}"
             )
     return out
 
